@@ -1,0 +1,248 @@
+import { create, type DescMethod, type DescService } from "@bufbuild/protobuf";
+import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
+import * as grpc from "@grpc/grpc-js";
+import { SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Code, NearhubError, codeName } from "./errors.js";
+import type { ServiceMetrics } from "./metrics.js";
+import { methodDefinition } from "./rpc-definition.js";
+import type { CallOptions, Client } from "./rpc-types.js";
+import { injectIntoMetadata } from "./trace-context.js";
+
+/** Options of {@link createClient}. */
+export interface ClientOptions {
+  /** Default deadline of unary and client-streaming calls; default 10 s. */
+  timeoutMs?: number;
+  /** Default deadline of server-streaming and bidi calls; default 5 min. */
+  streamTimeoutMs?: number;
+  /** Attempts for idempotent unary methods failing with UNAVAILABLE; default 3. */
+  maxAttempts?: number;
+  /** Metadata sent on every call (e.g. a service identity). */
+  metadata?: Record<string, string>;
+  metrics?: ServiceMetrics;
+  credentials?: grpc.ChannelCredentials;
+  maxMessageBytes?: number;
+}
+
+const tracer = trace.getTracer("nearhub-rpc");
+
+/**
+ * A typed client for a protobuf-es service over grpc-js. Every call has a deadline, carries the
+ * trace context, retries only idempotent unary methods (declared with `idempotency_level`) and
+ * only when the server was unreachable, and fails with a {@link NearhubError}.
+ */
+export function createClient<S extends DescService>(service: S, address: string, options: ClientOptions = {}): Client<S> {
+  const max = options.maxMessageBytes ?? 8 * 1024 * 1024;
+  const channel = new grpc.Client(address, options.credentials ?? grpc.credentials.createInsecure(), {
+    "grpc.max_receive_message_length": max,
+    "grpc.max_send_message_length": max,
+    "grpc.keepalive_time_ms": 30_000,
+  });
+  const client: Record<string, unknown> = {};
+  for (const method of service.methods) {
+    client[method.localName] = makeMethod(channel, address, method, options);
+  }
+  Object.defineProperty(client, "$close", { value: () => channel.close(), enumerable: false });
+  return client as Client<S>;
+}
+
+function makeMethod(channel: grpc.Client, address: string, method: DescMethod, options: ClientOptions): unknown {
+  const def = methodDefinition(method);
+  const fullMethod = `${method.parent.typeName}/${method.name}`;
+  const idempotent = method.idempotency !== MethodOptions_IdempotencyLevel.IDEMPOTENCY_UNKNOWN;
+  const timeoutFor = (call?: CallOptions) =>
+    call?.timeoutMs ??
+    (method.methodKind === "unary" || method.methodKind === "client_streaming"
+      ? (options.timeoutMs ?? 10_000)
+      : (options.streamTimeoutMs ?? 300_000));
+  const metadataFor = (call?: CallOptions) => {
+    const md = new grpc.Metadata();
+    for (const [k, v] of Object.entries({ ...options.metadata, ...call?.metadata })) md.set(k, v);
+    injectIntoMetadata(md);
+    return md;
+  };
+  const observe = (started: bigint, code: Code) =>
+    options.metrics?.rpcClientDuration.observe(
+      { service: method.parent.typeName, method: method.name, code: codeName(code) },
+      Number(process.hrtime.bigint() - started) / 1e9,
+    );
+  const fail = (error: unknown): NearhubError => toClientError(error, fullMethod, address);
+  const spanOptions = {
+    kind: SpanKind.CLIENT,
+    attributes: { "rpc.system": "grpc", "rpc.service": method.parent.typeName, "rpc.method": method.name },
+  };
+
+  switch (method.methodKind) {
+    case "unary":
+      return async (request: unknown, call?: CallOptions) => {
+        const message = create(method.input, request as never);
+        const deadline = Date.now() + timeoutFor(call);
+        return tracer.startActiveSpan(fullMethod, spanOptions, async (span) => {
+          const started = process.hrtime.bigint();
+          const attempts = idempotent ? (options.maxAttempts ?? 3) : 1;
+          try {
+            for (let attempt = 1; ; attempt++) {
+              try {
+                const result = await new Promise<unknown>((resolve, reject) => {
+                  const c = channel.makeUnaryRequest(
+                    def.path,
+                    def.requestSerialize,
+                    def.responseDeserialize,
+                    message,
+                    metadataFor(call),
+                    { deadline },
+                    (error, value) => (error ? reject(error) : resolve(value)),
+                  );
+                  abortOn(call?.signal, () => c.cancel());
+                });
+                observe(started, Code.Ok);
+                return result;
+              } catch (error) {
+                const e = fail(error);
+                const backoff = 100 * 2 ** (attempt - 1);
+                if (e.code !== Code.Unavailable || attempt >= attempts || Date.now() + backoff >= deadline) throw e;
+                span.addEvent("retry", { attempt });
+                await sleep(backoff);
+              }
+            }
+          } catch (error) {
+            const e = NearhubError.from(error);
+            observe(started, e.code);
+            span.setStatus({ code: SpanStatusCode.ERROR, message: e.rawMessage });
+            throw e;
+          } finally {
+            span.end();
+          }
+        });
+      };
+    case "server_streaming":
+      return (request: unknown, call?: CallOptions) => {
+        const message = create(method.input, request as never);
+        return streamResponses(fullMethod, spanOptions, fail, observe, () =>
+          channel.makeServerStreamRequest(def.path, def.requestSerialize, def.responseDeserialize, message, metadataFor(call), {
+            deadline: Date.now() + timeoutFor(call),
+          }),
+          call?.signal,
+        );
+      };
+    case "client_streaming":
+      return async (requests: AsyncIterable<unknown>, call?: CallOptions) => {
+        return tracer.startActiveSpan(fullMethod, spanOptions, async (span) => {
+          const started = process.hrtime.bigint();
+          try {
+            let stream: grpc.ClientWritableStream<unknown> | undefined;
+            const result = new Promise<unknown>((resolve, reject) => {
+              stream = channel.makeClientStreamRequest(
+                def.path,
+                def.requestSerialize,
+                def.responseDeserialize,
+                metadataFor(call),
+                { deadline: Date.now() + timeoutFor(call) },
+                (error, value) => (error ? reject(error) : resolve(value)),
+              );
+            });
+            const writable = stream as unknown as grpc.ClientWritableStream<unknown>;
+            abortOn(call?.signal, () => writable.cancel());
+            result.catch(() => undefined);
+            await pump(requests, writable, method);
+            const value = await result;
+            observe(started, Code.Ok);
+            return value;
+          } catch (error) {
+            const e = fail(error);
+            observe(started, e.code);
+            span.setStatus({ code: SpanStatusCode.ERROR, message: e.rawMessage });
+            throw e;
+          } finally {
+            span.end();
+          }
+        });
+      };
+    case "bidi_streaming":
+      return (requests: AsyncIterable<unknown>, call?: CallOptions) =>
+        streamResponses(
+          fullMethod,
+          spanOptions,
+          fail,
+          observe,
+          () => {
+            const duplex = channel.makeBidiStreamRequest(def.path, def.requestSerialize, def.responseDeserialize, metadataFor(call), {
+              deadline: Date.now() + timeoutFor(call),
+            });
+            pump(requests, duplex, method).catch((error: unknown) => duplex.destroy(error as Error));
+            return duplex;
+          },
+          call?.signal,
+        );
+  }
+}
+
+async function* streamResponses(
+  fullMethod: string,
+  spanOptions: { kind: SpanKind; attributes: Record<string, string> },
+  fail: (e: unknown) => NearhubError,
+  observe: (started: bigint, code: Code) => void,
+  open: () => grpc.ClientReadableStream<unknown> | grpc.ClientDuplexStream<unknown, unknown>,
+  signal: AbortSignal | undefined,
+): AsyncGenerator<unknown> {
+  const span = tracer.startSpan(fullMethod, spanOptions);
+  const started = process.hrtime.bigint();
+  const stream = context.with(trace.setSpan(context.active(), span), open);
+  abortOn(signal, () => stream.cancel());
+  try {
+    for await (const message of stream) yield message;
+    observe(started, Code.Ok);
+  } catch (error) {
+    const e = fail(error);
+    observe(started, e.code);
+    span.setStatus({ code: SpanStatusCode.ERROR, message: e.rawMessage });
+    throw e;
+  } finally {
+    // Leaving the loop early (break) cancels the call so the server stops sending.
+    stream.cancel();
+    span.end();
+  }
+}
+
+async function pump(
+  requests: AsyncIterable<unknown>,
+  stream: grpc.ClientWritableStream<unknown> | grpc.ClientDuplexStream<unknown, unknown>,
+  method: DescMethod,
+): Promise<void> {
+  for await (const request of requests) {
+    if (!stream.write(create(method.input, request as never))) {
+      await new Promise<void>((resolve, reject) => {
+        const onDrain = () => {
+          stream.off("error", onError);
+          resolve();
+        };
+        const onError = (e: Error) => {
+          stream.off("drain", onDrain);
+          reject(e);
+        };
+        stream.once("drain", onDrain);
+        stream.once("error", onError);
+      });
+    }
+  }
+  stream.end();
+}
+
+function abortOn(signal: AbortSignal | undefined, cancel: () => void): void {
+  if (!signal) return;
+  if (signal.aborted) cancel();
+  else signal.addEventListener("abort", cancel, { once: true });
+}
+
+/** grpc-js errors keep their status; the message names the method and, when unreachable, the address. */
+function toClientError(error: unknown, fullMethod: string, address: string): NearhubError {
+  if (error instanceof NearhubError) return error;
+  const e = NearhubError.from(error);
+  if (e.code === Code.Unavailable) {
+    return new NearhubError(Code.Unavailable, `${fullMethod} at ${address} is unavailable: ${e.rawMessage}`, { cause: error });
+  }
+  if (e.code === Code.DeadlineExceeded) {
+    return new NearhubError(Code.DeadlineExceeded, `${fullMethod} at ${address}: ${e.rawMessage}`, { cause: error });
+  }
+  return e;
+}

@@ -1,0 +1,290 @@
+import { once } from "node:events";
+import { create, type DescMethod, type DescService } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
+import { SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
+import { Code, NearhubError, codeName } from "./errors.js";
+import type { Logger } from "./logger.js";
+import type { ServiceMetrics } from "./metrics.js";
+import { methodDefinition } from "./rpc-definition.js";
+import type { CallContext, Principal, ServiceImpl } from "./rpc-types.js";
+import { extractFromMetadata } from "./trace-context.js";
+
+/** Wraps the whole lifetime of a call (for streams, until the last message). */
+export type ServerInterceptor = (ctx: CallContext, next: () => Promise<void>) => Promise<void>;
+
+/** Decides who is calling; throws UNAUTHENTICATED or PERMISSION_DENIED to refuse the call. */
+export type Authenticate = (ctx: CallContext) => Promise<Principal>;
+
+/** Options of {@link RpcServer}. */
+export interface RpcServerOptions {
+  /** The nearhub service name, for logs and metrics. */
+  service: string;
+  logger: Logger;
+  metrics: ServiceMetrics;
+  /** The authentication hook (RBAC fills it in); by default every caller is `anonymous`. */
+  authenticate?: Authenticate;
+  /** Extra interceptors, run innermost (after authentication, just around the handler). */
+  interceptors?: ServerInterceptor[];
+  /** Largest message accepted or sent; default 8 MiB. */
+  maxMessageBytes?: number;
+  /** Server TLS; plain text when absent. */
+  credentials?: grpc.ServerCredentials;
+}
+
+const anonymous: Principal = { subject: "anonymous", groups: [] };
+const QUIET_SERVICES = new Set(["grpc.health.v1.Health"]);
+const tracer = trace.getTracer("nearhub-rpc");
+
+/**
+ * A grpc-js server whose services are protobuf-es descriptors and typed handlers. Every call
+ * runs through deadline enforcement, tracing (context from metadata), RED metrics, logging and
+ * the authentication hook; errors become gRPC statuses with a human message.
+ */
+export class RpcServer {
+  private readonly server: grpc.Server;
+  private readonly options: RpcServerOptions;
+  private boundPort = -1;
+
+  constructor(options: RpcServerOptions) {
+    this.options = options;
+    const max = options.maxMessageBytes ?? 8 * 1024 * 1024;
+    this.server = new grpc.Server({
+      "grpc.max_receive_message_length": max,
+      "grpc.max_send_message_length": max,
+      "grpc.keepalive_permit_without_calls": 1,
+    });
+  }
+
+  /** The port bound by {@link listen}. */
+  get port(): number {
+    return this.boundPort;
+  }
+
+  /** Registers a service implementation: one typed handler per method. */
+  addService<S extends DescService>(service: S, impl: ServiceImpl<S>): void {
+    const handlers: grpc.UntypedServiceImplementation = {};
+    const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+    for (const method of service.methods) {
+      const fn = (impl as Record<string, unknown>)[method.localName];
+      if (typeof fn !== "function") {
+        throw new Error(`${service.typeName}: no handler for ${method.name}`);
+      }
+      definition[method.name] = methodDefinition(method);
+      handlers[method.name] = this.bind(method, fn.bind(impl) as Handler);
+    }
+    this.server.addService(definition as grpc.ServiceDefinition, handlers);
+  }
+
+  /** Binds host:port (0 for any free port) and starts serving; returns the bound port. */
+  async listen(host: string, port: number): Promise<number> {
+    const credentials = this.options.credentials ?? grpc.ServerCredentials.createInsecure();
+    const address = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+    this.boundPort = await new Promise<number>((resolve, reject) => {
+      this.server.bindAsync(address, credentials, (error, bound) => {
+        if (error) {
+          reject(
+            new NearhubError(
+              Code.Unavailable,
+              `cannot listen for gRPC on ${address}: ${error.message} (choose another port or stop what holds it)`,
+              { cause: error },
+            ),
+          );
+        } else resolve(bound);
+      });
+    });
+    return this.boundPort;
+  }
+
+  /** Stops accepting calls, lets running calls finish for up to `timeoutMs`, then cuts them. */
+  async shutdown(timeoutMs = 3000): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, timeoutMs);
+      timer.unref();
+      this.server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  private bind(method: DescMethod, handler: Handler): grpc.UntypedHandleCall {
+    const kind = method.methodKind;
+    const run = (call: AnyCall, body: (ctx: CallContext) => Promise<void>) => this.runCall(method, call, body);
+    switch (kind) {
+      case "unary":
+        return (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+          let response: unknown;
+          run(call, async (ctx) => {
+            response = create(method.output, (await handler(call.request, ctx)) as never);
+          }).then(
+            () => callback(null, response),
+            (error: unknown) => callback(toServiceError(error)),
+          );
+        };
+      case "server_streaming":
+        return (call: grpc.ServerWritableStream<unknown, unknown>) => {
+          run(call, async (ctx) => {
+            for await (const out of handler(call.request, ctx) as AsyncIterable<unknown>) {
+              if (ctx.signal.aborted) break;
+              if (!call.write(create(method.output, out as never))) await drained(call, ctx.signal);
+            }
+          }).then(
+            () => call.end(),
+            (error: unknown) => call.emit("error", toServiceError(error)),
+          );
+        };
+      case "client_streaming":
+        return (call: grpc.ServerReadableStream<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+          let response: unknown;
+          run(call, async (ctx) => {
+            response = create(method.output, (await handler(call as AsyncIterable<unknown>, ctx)) as never);
+          }).then(
+            () => callback(null, response),
+            (error: unknown) => callback(toServiceError(error)),
+          );
+        };
+      case "bidi_streaming":
+        return (call: grpc.ServerDuplexStream<unknown, unknown>) => {
+          run(call, async (ctx) => {
+            for await (const out of handler(call as AsyncIterable<unknown>, ctx) as AsyncIterable<unknown>) {
+              if (ctx.signal.aborted) break;
+              if (!call.write(create(method.output, out as never))) await drained(call, ctx.signal);
+            }
+          }).then(
+            () => call.end(),
+            (error: unknown) => call.emit("error", toServiceError(error)),
+          );
+        };
+    }
+  }
+
+  private async runCall(method: DescMethod, call: AnyCall, body: (ctx: CallContext) => Promise<void>): Promise<void> {
+    const { logger, metrics, service } = this.options;
+    const serviceName = method.parent.typeName;
+    const fullMethod = `${serviceName}/${method.name}`;
+    const quiet = QUIET_SERVICES.has(serviceName);
+    const controller = new AbortController();
+    const rawDeadline = call.getDeadline();
+    const deadlineMs = rawDeadline instanceof Date ? rawDeadline.getTime() : Number(rawDeadline);
+    const deadline = Number.isFinite(deadlineMs) ? new Date(deadlineMs) : undefined;
+    let deadlineTimer: NodeJS.Timeout | undefined;
+    const onCancel = () =>
+      controller.abort(new NearhubError(Code.Cancelled, `${fullMethod}: the client cancelled the call`));
+    const events = call as unknown as NodeJS.EventEmitter;
+    events.on("cancelled", onCancel);
+
+    const ctx: CallContext = {
+      method: fullMethod,
+      service,
+      peer: call.getPeer(),
+      metadata: call.metadata,
+      deadline,
+      signal: controller.signal,
+      principal: anonymous,
+      logger: logger.child({ component: "rpc", method: fullMethod }),
+    };
+
+    const started = process.hrtime.bigint();
+    const parent = extractFromMetadata(call.metadata);
+    const execute = async (): Promise<void> => {
+      // Deadline enforcement: the handler sees an aborted signal, and the call ends at the
+      // deadline even if the handler ignores it.
+      const deadlinePassed = new Promise<never>((_, reject) => {
+        if (!deadline) return;
+        const remaining = deadline.getTime() - Date.now();
+        deadlineTimer = setTimeout(
+          () => {
+            const error = new NearhubError(Code.DeadlineExceeded, `${fullMethod}: the deadline passed before the call finished`);
+            controller.abort(error);
+            reject(error);
+          },
+          Math.max(0, remaining),
+        );
+      });
+      deadlinePassed.catch(() => undefined);
+      const chain = async () => {
+        if (this.options.authenticate) ctx.principal = await this.options.authenticate(ctx);
+        const interceptors = this.options.interceptors ?? [];
+        const invoke = async (index: number): Promise<void> => {
+          const interceptor = interceptors[index];
+          if (interceptor) return interceptor(ctx, () => invoke(index + 1));
+          return body(ctx);
+        };
+        await invoke(0);
+      };
+      await Promise.race([chain(), deadlinePassed]);
+    };
+
+    let code = Code.Ok;
+    try {
+      if (quiet) {
+        await execute();
+      } else {
+        await tracer.startActiveSpan(
+          fullMethod,
+          {
+            kind: SpanKind.SERVER,
+            attributes: { "rpc.system": "grpc", "rpc.service": serviceName, "rpc.method": method.name },
+          },
+          parent,
+          async (span) => {
+            try {
+              await execute();
+            } catch (error) {
+              const e = NearhubError.from(error);
+              span.setAttribute("rpc.grpc.status_code", e.code);
+              span.setStatus({ code: SpanStatusCode.ERROR, message: e.rawMessage });
+              throw error;
+            } finally {
+              span.end();
+            }
+          },
+        );
+      }
+    } catch (error) {
+      const e = NearhubError.from(error, Code.Internal);
+      code = e.code;
+      if (code === Code.Internal || code === Code.Unknown || code === Code.DataLoss) {
+        ctx.logger.error("call failed", { code: codeName(code), error });
+      } else if (!quiet) {
+        ctx.logger.debug("call refused", { code: codeName(code), message: e.rawMessage });
+      }
+      throw e;
+    } finally {
+      if (deadlineTimer) clearTimeout(deadlineTimer);
+      events.off("cancelled", onCancel);
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      metrics.rpcServerDuration.observe({ service: serviceName, method: method.name, code: codeName(code) }, seconds);
+    }
+  }
+}
+
+// A handler of any kind, erased for binding.
+type Handler = (input: unknown, ctx: CallContext) => unknown;
+type AnyCall =
+  | grpc.ServerUnaryCall<unknown, unknown>
+  | grpc.ServerWritableStream<unknown, unknown>
+  | grpc.ServerReadableStream<unknown, unknown>
+  | grpc.ServerDuplexStream<unknown, unknown>;
+
+async function drained(stream: NodeJS.EventEmitter, signal: AbortSignal): Promise<void> {
+  await once(stream, "drain", { signal }).catch((error: unknown) => {
+    if (!signal.aborted) throw error;
+  });
+}
+
+/** The grpc-js error object for anything thrown; internal errors keep their detail in the log. */
+function toServiceError(error: unknown): Partial<grpc.StatusObject> {
+  const e = NearhubError.from(error, Code.Internal);
+  if (e.code === Code.Internal && !(error instanceof NearhubError)) {
+    const traceId = trace.getSpan(context.active())?.spanContext().traceId;
+    return {
+      code: grpc.status.INTERNAL,
+      details: `internal error; the server log has the details${traceId ? ` (trace ${traceId})` : ""}`,
+    };
+  }
+  return { code: e.code as number as grpc.status, details: e.rawMessage };
+}

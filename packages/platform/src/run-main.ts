@@ -1,0 +1,54 @@
+import { ConfigError } from "./config.js";
+import { NearhubError } from "./errors.js";
+
+/** Something `runMain` can stop. */
+export interface Stoppable {
+  stop(): Promise<void>;
+}
+
+/**
+ * The body of every service's `main.ts`: start, then stop on SIGINT/SIGTERM and exit 0. A
+ * start-up failure (bad configuration, unreachable NATS, a taken port) prints what is wrong
+ * and exits 1; a second signal exits at once.
+ */
+export function runMain(name: string, start: () => Promise<Stoppable>): void {
+  let service: Stoppable | undefined;
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      process.stderr.write(`${name}: second ${signal}, exiting now\n`);
+      process.exit(130);
+    }
+    stopping = true;
+    const hardStop = setTimeout(() => {
+      process.stderr.write(`${name}: did not stop within 10 s, exiting\n`);
+      process.exit(1);
+    }, 10_000);
+    hardStop.unref();
+    (service?.stop() ?? Promise.resolve()).then(
+      () => process.exit(0),
+      (error: unknown) => {
+        process.stderr.write(`${name}: error while stopping: ${(error as Error).message}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  start().then(
+    (s) => {
+      service = s;
+      if (stopping) void s.stop().then(() => process.exit(0));
+    },
+    (error: unknown) => {
+      if (error instanceof ConfigError) {
+        process.stderr.write(`${error.message}\n`);
+      } else if (error instanceof NearhubError) {
+        process.stderr.write(`${name}: cannot start: ${error.rawMessage}\n`);
+      } else {
+        process.stderr.write(`${name}: cannot start: ${(error as Error)?.stack ?? String(error)}\n`);
+      }
+      process.exit(1);
+    },
+  );
+}

@@ -1,0 +1,45 @@
+import { NodeSDK } from "@opentelemetry/sdk-node";
+import { BatchSpanProcessor, type SpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
+import { resourceFromAttributes } from "@opentelemetry/resources";
+import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from "@opentelemetry/semantic-conventions";
+
+/** Options of {@link startTelemetry}. */
+export interface TelemetryOptions {
+  serviceName: string;
+  /** OTLP/HTTP base URL (e.g. http://jaeger:4318); spans go nowhere when unset. */
+  otlpEndpoint?: string | undefined;
+  /** Extra processors, e.g. an in-memory exporter in tests. */
+  spanProcessors?: SpanProcessor[];
+}
+
+/** A running telemetry pipeline. */
+export interface Telemetry {
+  /** Flushes pending spans and stops the SDK. */
+  shutdown(): Promise<void>;
+}
+
+/**
+ * Starts the OpenTelemetry Node SDK once per process: AsyncLocalStorage context, the W3C trace
+ * context propagator, and OTLP export when an endpoint is configured. No auto-instrumentation:
+ * nearhub creates its own spans for RPCs, HTTP routes and NATS messages, so traces are the
+ * same under ESM and CommonJS.
+ */
+export function startTelemetry(options: TelemetryOptions): Telemetry {
+  const processors: SpanProcessor[] = [...(options.spanProcessors ?? [])];
+  if (options.otlpEndpoint) {
+    const url = `${options.otlpEndpoint.replace(/\/+$/, "")}/v1/traces`;
+    processors.push(new BatchSpanProcessor(new OTLPTraceExporter({ url })));
+  }
+  const sdk = new NodeSDK({
+    resource: resourceFromAttributes({
+      [ATTR_SERVICE_NAME]: options.serviceName,
+      [ATTR_SERVICE_VERSION]: "0.1.0",
+    }),
+    spanProcessors: processors,
+    instrumentations: [],
+    autoDetectResources: false,
+  });
+  sdk.start();
+  return { shutdown: () => sdk.shutdown() };
+}
