@@ -18,14 +18,17 @@ import { headers as createHeaders, nanos, type MsgHdrs, type NatsConnection } fr
 import { connect } from "@nats-io/transport-node";
 import { SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
 import { Code, NearhubError } from "./errors.js";
-import type { EventDef } from "./events.js";
+import type { EventDef } from "@nearhub/proto/events";
 import type { Logger } from "./logger.js";
 import type { ServiceMetrics } from "./metrics.js";
 import { Names } from "./names.js";
 import { extractFromHeaders, injectIntoHeaders } from "./trace-context.js";
 
-/** A stream a service declares: created at start-up, updated when its settings change. */
-export type StreamDecl = Partial<StreamConfig> & { name: string; subjects: string[] };
+/**
+ * A stream a service declares: created at start-up, updated when its settings change; with
+ * `createOnly`, created when missing but never changed (another service owns its settings).
+ */
+export type StreamDecl = Partial<StreamConfig> & { name: string; subjects: string[]; createOnly?: boolean };
 
 /** A KV bucket a service owns. */
 export interface KvDecl {
@@ -237,9 +240,11 @@ export class Bus {
     };
   }
 
-  private async ensureStream(stream: StreamDecl): Promise<void> {
+  private async ensureStream(decl: StreamDecl): Promise<void> {
+    const { createOnly, ...stream } = decl;
     try {
       const info = await this.jsm.streams.info(stream.name);
+      if (createOnly) return;
       const current = info.config;
       const differs = Object.entries(stream).some(
         ([key, value]) => JSON.stringify(current[key as keyof StreamConfig]) !== JSON.stringify(value),

@@ -3,8 +3,6 @@ export type { ConsumerDecl, ConsumerHandle, KvDecl, MessageHandler, Provisioning
 export { ConfigError, commonEnv, parseEnv, port } from "./config.js";
 export type { CommonConfig } from "./config.js";
 export { Code, NearhubError, codeName, formatZodIssues, httpStatusOf } from "./errors.js";
-export { defineEvent } from "./events.js";
-export type { EventDef } from "./events.js";
 export { HealthReporter, ServingStatus } from "./health.js";
 export { closeHttp, listenHttp, observeHttp, sendError, sendJson, sendMetrics, startOpsServer } from "./http-server.js";
 export type { OpsServerOptions } from "./http-server.js";
@@ -18,10 +16,13 @@ export { methodDefinition, methodPath, serviceDefinition } from "./rpc-definitio
 export { RpcServer } from "./rpc-server.js";
 export type { Authenticate, RpcServerOptions, ServerInterceptor } from "./rpc-server.js";
 export type { CallContext, CallOptions, Client, ClientMethod, MethodImpl, Principal, ServiceImpl } from "./rpc-types.js";
-export { runMain } from "./run-main.js";
+export { runMain, runServiceMain } from "./run-main.js";
 export type { Stoppable } from "./run-main.js";
 export { ServiceHost } from "./service-host.js";
 export type { ServiceHostOptions } from "./service-host.js";
 export { startTelemetry } from "./telemetry.js";
 export type { Telemetry, TelemetryOptions } from "./telemetry.js";
 export { extractFromHeaders, extractFromMetadata, injectIntoHeaders, injectIntoMetadata } from "./trace-context.js";
+export { Decision, Outcome, publishAudit } from "./audit.js";
+export type { AuditEntry } from "./audit.js";
+export { auditStream, eventsStream } from "./streams.js";

@@ -149,7 +149,10 @@ export class RpcServer {
       case "bidi_streaming":
         return (call: grpc.ServerDuplexStream<unknown, unknown>) => {
           run(call, async (ctx) => {
-            for await (const out of handler(call as AsyncIterable<unknown>, ctx) as AsyncIterable<unknown>) {
+            // The default stream iterator destroys the call when the requests end, and a
+            // destroyed grpc-js call never sends its status: the client would hang.
+            const requests = call.iterator({ destroyOnReturn: false }) as AsyncIterable<unknown>;
+            for await (const out of handler(requests, ctx) as AsyncIterable<unknown>) {
               if (ctx.signal.aborted) break;
               if (!call.write(create(method.output, out as never))) await drained(call, ctx.signal);
             }

@@ -1,4 +1,6 @@
-import { ConfigError } from "./config.js";
+import type { z } from "zod";
+import { ConfigError, parseEnv, type CommonConfig, type commonEnv } from "./config.js";
+import { startTelemetry } from "./telemetry.js";
 import { NearhubError } from "./errors.js";
 
 /** Something `runMain` can stop. */
@@ -35,6 +37,8 @@ export function runMain(name: string, start: () => Promise<Stoppable>): void {
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+  // Started by `nearhub up` with an IPC channel: when the supervisor dies, stop too.
+  if (process.send) process.once("disconnect", () => onSignal("SIGTERM"));
   start().then(
     (s) => {
       service = s;
@@ -51,4 +55,32 @@ export function runMain(name: string, start: () => Promise<Stoppable>): void {
       process.exit(1);
     },
   );
+}
+
+/**
+ * `runMain` for a service: parse its environment (failing with every problem at once), start
+ * telemetry, start the service; on stop, flush spans after the service has stopped.
+ */
+export function runServiceMain<T extends typeof commonEnv & z.ZodRawShape>(
+  name: string,
+  shape: T,
+  start: (config: z.infer<z.ZodObject<T>>) => Promise<Stoppable>,
+): void {
+  runMain(name, async () => {
+    const config = parseEnv(name, shape);
+    const common = config as unknown as CommonConfig;
+    const telemetry = startTelemetry({ serviceName: `nearhub-${name}`, otlpEndpoint: common.OTEL_EXPORTER_OTLP_ENDPOINT });
+    try {
+      const service = await start(config);
+      return {
+        stop: async () => {
+          await service.stop();
+          await telemetry.shutdown();
+        },
+      };
+    } catch (error) {
+      await telemetry.shutdown();
+      throw error;
+    }
+  });
 }

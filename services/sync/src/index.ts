@@ -1,0 +1,5 @@
+export { syncEnv } from "./config.js";
+export type { SyncConfig } from "./config.js";
+export { parseInterval, parseMirrorName, parseRefs } from "./mirror-name.js";
+export type { MirrorName } from "./mirror-name.js";
+export { startSync } from "./service.js";
