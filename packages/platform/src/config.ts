@@ -50,6 +50,8 @@ export const commonEnv = {
   OTEL_EXPORTER_OTLP_ENDPOINT: z.url({ error: "must be an http(s) URL such as http://jaeger:4318" }).optional(),
   /** nats-server's monitoring URL (http://host:8222), used to check its fsync setting. */
   NEARHUB_NATS_MONITOR_URL: z.url({ error: "must be an http(s) URL such as http://nats:8222" }).optional(),
+  /** How long to keep trying to reach NATS at start-up before giving up. */
+  NEARHUB_NATS_CONNECT_TIMEOUT_MS: z.coerce.number({ error: "must be milliseconds, e.g. 15000" }).int().min(100).max(600_000).default(15_000),
   NEARHUB_SHUTDOWN_TIMEOUT_MS: z.coerce.number({ error: "must be milliseconds, e.g. 5000" }).int().min(100).max(120_000).default(4000),
 } as const;
 

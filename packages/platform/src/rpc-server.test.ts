@@ -155,6 +155,23 @@ describe("RpcServer with the echo service", () => {
     assert.deepEqual(got, ["X", "Y"]);
   });
 
+  test("bidi streaming interleaves: each answer arrives before the next request is sent", async () => {
+    const answers: string[] = [];
+    let answered: (() => void) | undefined;
+    async function* requests() {
+      for (const text of ["one", "two", "three"]) {
+        const next = new Promise<void>((resolve) => (answered = resolve));
+        yield { text };
+        await next;
+      }
+    }
+    for await (const r of client.echoBidiStream(requests())) {
+      answers.push(r.text);
+      answered?.();
+    }
+    assert.deepEqual(answers, ["ONE", "TWO", "THREE"]);
+  });
+
   test("the call context names the method and service and carries metadata", async () => {
     const before = running.seen.contexts.length;
     await client.echo({ text: "ctx" }, { metadata: { "x-request-id": "r-42" } });
@@ -257,12 +274,23 @@ describe("RpcServer error handling", () => {
       },
     );
     const client = createClient(EchoService, running.address);
+    const tracer = trace.getTracer("rpc-server-test");
     try {
-      const error = await rejection(client.echo({ text: "x" }));
+      const { error, traceId } = await tracer.startActiveSpan("test root", async (root) => {
+        try {
+          return { error: await rejection(client.echo({ text: "x" })), traceId: root.spanContext().traceId };
+        } finally {
+          root.end();
+        }
+      });
       assert.equal(error.code, Code.Internal);
       assert.doesNotMatch(error.message, /hunter2|postgres/);
       assert.match(error.message, /internal error/);
       assert.equal(await histogramCount(running.metrics, { method: "Echo", code: "internal" }), 1);
+      const serverSpan = exporter
+        .getFinishedSpans()
+        .find((s) => s.spanContext().traceId === traceId && s.kind === SpanKind.SERVER);
+      assert.equal(serverSpan?.attributes["rpc.grpc.status_code"], Code.Internal, "the span shows the status sent");
     } finally {
       client.$close();
       await running.close();
@@ -315,6 +343,41 @@ describe("RpcServer error handling", () => {
       assert.deepEqual(got, [0]);
       assert.equal(error.code, Code.ResourceExhausted);
       assert.equal(error.rawMessage, "quota of 1 message used up");
+    } finally {
+      client.$close();
+      await running.close();
+    }
+  });
+
+  test("a bidi handler that fails after reading every request sends its status", async () => {
+    const running = await startEcho(
+      {},
+      {
+        echoBidiStream: async function* (requests) {
+          let n = 0;
+          for await (const r of requests) {
+            n++;
+            yield { text: r.text };
+          }
+          throw new NearhubError(Code.OutOfRange, `${n} requests is too many`);
+        },
+      },
+    );
+    const client = createClient(EchoService, running.address);
+    try {
+      async function* requests() {
+        yield { text: "a" };
+        yield { text: "b" };
+      }
+      const got: string[] = [];
+      const error = await rejection(
+        (async () => {
+          for await (const r of client.echoBidiStream(requests())) got.push(r.text);
+        })(),
+      );
+      assert.deepEqual(got, ["a", "b"]);
+      assert.equal(error.code, Code.OutOfRange);
+      assert.equal(error.rawMessage, "2 requests is too many");
     } finally {
       client.$close();
       await running.close();

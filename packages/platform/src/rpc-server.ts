@@ -237,7 +237,7 @@ export class RpcServer {
             try {
               await execute();
             } catch (error) {
-              const e = NearhubError.from(error);
+              const e = NearhubError.from(error, Code.Internal);
               span.setAttribute("rpc.grpc.status_code", e.code);
               span.setStatus({ code: SpanStatusCode.ERROR, message: e.rawMessage });
               throw error;
@@ -255,7 +255,9 @@ export class RpcServer {
       } else if (!quiet) {
         ctx.logger.debug("call refused", { code: codeName(code), message: e.rawMessage });
       }
-      throw e;
+      // The original, not `e`: toServiceError hides the message of anything not thrown as a
+      // NearhubError, and `e` would always look like one.
+      throw error;
     } finally {
       if (deadlineTimer) clearTimeout(deadlineTimer);
       events.off("cancelled", onCancel);

@@ -103,6 +103,7 @@ export class ServiceHost {
       logger: this.logger,
       metrics: this.metrics,
       monitorUrl: common.NEARHUB_NATS_MONITOR_URL,
+      connectTimeoutMs: common.NEARHUB_NATS_CONNECT_TIMEOUT_MS,
     });
     if (this.options.provisioning) await this.bus.provision(this.options.provisioning(this.names));
     await setup(this);

@@ -1,6 +1,17 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { Code, NearhubError, observeHttp, sendError, sendJson, type ServiceMetrics } from "@nearhub/platform";
 
+/** An error whose HTTP status is more precise than its code's (413, 415, 431). */
+export class HttpError extends NearhubError {
+  constructor(
+    readonly status: number,
+    code: Code,
+    message: string,
+  ) {
+    super(code, message);
+  }
+}
+
 /** What a route handler gets. */
 export interface RouteContext {
   req: IncomingMessage;
@@ -58,6 +69,7 @@ export function createRouter(routes: Route[], metrics: ServiceMetrics) {
       .then(() => route.handler({ req, res, url, params: { ...params } }))
       .catch((error: unknown) => {
         if (res.headersSent) res.destroy(error as Error);
+        else if (error instanceof HttpError) sendJson(res, error.status, { error: error.rawMessage });
         else sendError(res, error);
       });
   };
@@ -67,15 +79,15 @@ export function createRouter(routes: Route[], metrics: ServiceMetrics) {
 export async function readJson(req: IncomingMessage, limit = 64 * 1024): Promise<unknown> {
   const type = req.headers["content-type"] ?? "";
   if (!/^application\/json\b/i.test(type)) {
-    throw new NearhubError(Code.InvalidArgument, "send the body as JSON with content-type: application/json");
+    throw new HttpError(415, Code.InvalidArgument, "send the body as JSON with content-type: application/json");
   }
   const declared = Number(req.headers["content-length"] ?? 0);
-  if (declared > limit) throw new NearhubError(Code.ResourceExhausted, `the body is larger than ${limit} bytes`);
+  if (declared > limit) throw new HttpError(413, Code.ResourceExhausted, `the body is larger than ${limit} bytes`);
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > limit) throw new NearhubError(Code.ResourceExhausted, `the body is larger than ${limit} bytes`);
+    if (size > limit) throw new HttpError(413, Code.ResourceExhausted, `the body is larger than ${limit} bytes`);
     chunks.push(chunk as Buffer);
   }
   try {
