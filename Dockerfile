@@ -38,18 +38,19 @@ COPY services/audit/package.json services/audit/
 RUN --mount=type=cache,target=/root/.npm,sharing=locked \
     npm ci --no-audit --no-fund
 
-# The root tsconfig references tests/ and bench/ too, so `tsc -b` needs them present.
+# The CLI's project references every service and shared package, so building it builds
+# everything that runs (tests and bench are left out of the image).
 COPY tsconfig.json tsconfig.base.json ./
 COPY packages ./packages
 COPY services ./services
-COPY tests ./tests
-COPY bench ./bench
-RUN npm run build
+RUN npx tsc -b packages/cli
 
 # Keep only what runs: production node_modules (with the compiled better-sqlite3 binary) and
 # each workspace's package.json, dist/ and any nested node_modules. The workspace symlinks in
 # node_modules/@nearhub point at ../../packages/* and ../../services/*, which this layout keeps.
+# node_modules/.cache holds the compiled tests/ and bench/ (their tsconfig outDir): not shipped.
 RUN npm prune --omit=dev --no-audit --no-fund \
+ && rm -rf node_modules/.cache \
  && mkdir -p /out \
  && cp -a package.json node_modules /out/ \
  && for ws in $(node -p "require('./package.json').workspaces.join(' ')"); do \

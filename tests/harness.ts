@@ -77,7 +77,10 @@ async function findNats(): Promise<NatsHandle> {
       .withExposedPorts(4222)
       .withWaitStrategy(Wait.forLogMessage(/Server is ready/))
       .start();
-    return { url: `nats://${container.getHost()}:${container.getMappedPort(4222)}`, stop: async () => void (await container.stop()) };
+    return {
+      url: `nats://${container.getHost()}:${container.getMappedPort(4222)}`,
+      stop: async () => void (await container.stop()),
+    };
   }
   if (await listening("127.0.0.1", 4222)) return { url: "nats://127.0.0.1:4222", stop: async () => undefined };
   return startNatsServer();
@@ -85,10 +88,14 @@ async function findNats(): Promise<NatsHandle> {
 
 /** Starts `nats-server -js` on a free port with a temporary store. */
 export async function startNatsServer(): Promise<NatsHandle> {
-  const binary = ["/usr/sbin/nats-server", "/usr/local/bin/nats-server", "/usr/bin/nats-server"].find((p) => existsSync(p)) ?? "nats-server";
+  const binary =
+    ["/usr/sbin/nats-server", "/usr/local/bin/nats-server", "/usr/bin/nats-server"].find((p) => existsSync(p)) ??
+    "nats-server";
   const store = await tempDir("nearhub-nats-");
   const port = 20000 + Math.floor(Math.random() * 20000);
-  const child: ChildProcess = spawn(binary, ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", store.path], { stdio: "ignore" });
+  const child: ChildProcess = spawn(binary, ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", store.path], {
+    stdio: "ignore",
+  });
   for (let i = 0; i < 100 && !(await listening("127.0.0.1", port)); i++) await sleep(50);
   return {
     url: `nats://127.0.0.1:${port}`,
@@ -139,7 +146,12 @@ export async function s3(): Promise<S3Handle> {
   };
   const fromEnv = process.env["S3_ENDPOINT"];
   if (fromEnv) {
-    return make(fromEnv, process.env["S3_ACCESS_KEY"] ?? "minioadmin", process.env["S3_SECRET_KEY"] ?? "minioadmin", async () => undefined);
+    return make(
+      fromEnv,
+      process.env["S3_ACCESS_KEY"] ?? "minioadmin",
+      process.env["S3_SECRET_KEY"] ?? "minioadmin",
+      async () => undefined,
+    );
   }
   if (await dockerAvailable()) {
     const { GenericContainer, Wait } = await import("testcontainers");
@@ -148,7 +160,12 @@ export async function s3(): Promise<S3Handle> {
       .withExposedPorts(9000)
       .withWaitStrategy(Wait.forHttp("/minio/health/live", 9000))
       .start();
-    return make(`http://${container.getHost()}:${container.getMappedPort(9000)}`, "minioadmin", "minioadmin", async () => void (await container.stop()));
+    return make(
+      `http://${container.getHost()}:${container.getMappedPort(9000)}`,
+      "minioadmin",
+      "minioadmin",
+      async () => void (await container.stop()),
+    );
   }
   const { default: S3rver } = await import("s3rver");
   const dir = await tempDir("nearhub-s3-");
@@ -167,7 +184,11 @@ export async function elasticsearch(): Promise<{ url: string } | { skip: string 
   if (await dockerAvailable()) {
     const { GenericContainer, Wait } = await import("testcontainers");
     const container = await new GenericContainer("docker.elastic.co/elasticsearch/elasticsearch:8.15.0")
-      .withEnvironment({ "discovery.type": "single-node", "xpack.security.enabled": "false", ES_JAVA_OPTS: "-Xms512m -Xmx512m" })
+      .withEnvironment({
+        "discovery.type": "single-node",
+        "xpack.security.enabled": "false",
+        ES_JAVA_OPTS: "-Xms512m -Xmx512m",
+      })
       .withExposedPorts(9200)
       .withWaitStrategy(Wait.forHttp("/_cluster/health", 9200))
       .start();
@@ -177,7 +198,12 @@ export async function elasticsearch(): Promise<{ url: string } | { skip: string 
 }
 
 /** The environment of one in-process service under test. */
-export function serviceEnv(natsUrl: string, namespace: string, dataDir: string, extra: Record<string, string> = {}): Record<string, string> {
+export function serviceEnv(
+  natsUrl: string,
+  namespace: string,
+  dataDir: string,
+  extra: Record<string, string> = {},
+): Record<string, string> {
   return {
     NATS_URL: natsUrl,
     NEARHUB_NAMESPACE: namespace,
@@ -209,7 +235,11 @@ export async function deleteNamespace(natsUrl: string, namespace: string): Promi
 }
 
 /** Polls `check` until it returns a value or `timeoutMs` passes. */
-export async function eventually<T>(check: () => Promise<T | undefined>, timeoutMs = 10_000, what = "condition"): Promise<T> {
+export async function eventually<T>(
+  check: () => Promise<T | undefined>,
+  timeoutMs = 10_000,
+  what = "condition",
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
   while (Date.now() < deadline) {

@@ -2,7 +2,15 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { SpanKind, trace } from "@opentelemetry/api";
 import { InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from "@opentelemetry/sdk-trace-base";
-import { Code, NearhubError, createClient, parseEnv, startTelemetry, type ServiceHost, type Telemetry } from "@nearhub/platform";
+import {
+  Code,
+  NearhubError,
+  createClient,
+  parseEnv,
+  startTelemetry,
+  type ServiceHost,
+  type Telemetry,
+} from "@nearhub/platform";
 import { AuditService, Decision } from "@nearhub/proto/audit";
 import { SearchService, DocumentKind } from "@nearhub/proto/search";
 import { SyncService } from "@nearhub/proto/sync";
@@ -55,16 +63,26 @@ describe("spine: gRPC call → event → consumer, in one trace", () => {
       });
 
       // The indexing consumer picks the event up from JetStream.
-      const found = await eventually(async () => {
-        const { hits } = await search.search({ query: "rocket", kind: DocumentKind.GIT_REPO });
-        return hits.length > 0 ? hits : undefined;
-      }, 10_000, "the mirror to be indexed");
+      const found = await eventually(
+        async () => {
+          const { hits } = await search.search({ query: "rocket", kind: DocumentKind.GIT_REPO });
+          return hits.length > 0 ? hits : undefined;
+        },
+        10_000,
+        "the mirror to be indexed",
+      );
       assert.equal(found[0]?.id, "github.com/acme/rocket");
 
-      const spans = await eventually(async () => {
-        const all = exporter.getFinishedSpans().filter((s) => s.spanContext().traceId === traceId);
-        return all.some((s) => s.kind === SpanKind.CONSUMER && s.name === "process nearhub.mirror.added") ? all : undefined;
-      }, 5000, "the consumer span");
+      const spans = await eventually(
+        async () => {
+          const all = exporter.getFinishedSpans().filter((s) => s.spanContext().traceId === traceId);
+          return all.some((s) => s.kind === SpanKind.CONSUMER && s.name === "process nearhub.mirror.added")
+            ? all
+            : undefined;
+        },
+        5000,
+        "the consumer span",
+      );
       const byKind = (kind: SpanKind, name: string): ReadableSpan => {
         const span = spans.find((s) => s.kind === kind && s.name === name);
         assert.ok(span, `no ${SpanKind[kind]} span named ${name}; have ${spans.map((s) => s.name).join(", ")}`);
@@ -94,10 +112,14 @@ describe("spine: gRPC call → event → consumer, in one trace", () => {
     try {
       await client.addMirror({ name: "github.com/acme/audited" });
       await client.removeMirror({ name: "github.com/acme/audited" });
-      const records = await eventually(async () => {
-        const { records } = await auditClient.queryRecords({ resource: "github.com/acme/audited" });
-        return records.length >= 2 ? records : undefined;
-      }, 10_000, "two audit records");
+      const records = await eventually(
+        async () => {
+          const { records } = await auditClient.queryRecords({ resource: "github.com/acme/audited" });
+          return records.length >= 2 ? records : undefined;
+        },
+        10_000,
+        "two audit records",
+      );
       assert.deepEqual(
         records.map((r) => r.event?.action),
         ["mirror.add", "mirror.remove"],
@@ -119,9 +141,13 @@ describe("spine: gRPC call → event → consumer, in one trace", () => {
     const search = createClient(SearchService, `127.0.0.1:${indexing.grpcPort}`);
     try {
       await client.addMirror({ name: "github.com/acme/ephemeral" });
-      await eventually(async () => ((await search.search({ query: "ephemeral" })).hits.length === 1 ? true : undefined));
+      await eventually(async () =>
+        (await search.search({ query: "ephemeral" })).hits.length === 1 ? true : undefined,
+      );
       assert.equal((await client.removeMirror({ name: "github.com/acme/ephemeral" })).removed, true);
-      await eventually(async () => ((await search.search({ query: "ephemeral" })).hits.length === 0 ? true : undefined));
+      await eventually(async () =>
+        (await search.search({ query: "ephemeral" })).hits.length === 0 ? true : undefined,
+      );
       assert.equal((await client.removeMirror({ name: "github.com/acme/ephemeral" })).removed, false);
     } finally {
       client.$close();
@@ -135,10 +161,22 @@ describe("spine: gRPC call → event → consumer, in one trace", () => {
       const cases: Array<[Parameters<typeof client.addMirror>[0], Code, RegExp]> = [
         [{ name: "github.com/../etc" }, Code.InvalidArgument, /owner "\.\." is not a valid name/],
         [{ name: "github.com/a/b/c" }, Code.InvalidArgument, /must be <upstream>\/<owner>\/<repo>/],
-        [{ name: "evil.example/a/b" }, Code.InvalidArgument, /unknown upstream "evil.example"; configured upstreams: github.com/],
-        [{ name: "github.com/a/b", intervalSeconds: 10 }, Code.InvalidArgument, /mirror interval 10s is below the 60s minimum/],
+        [
+          { name: "evil.example/a/b" },
+          Code.InvalidArgument,
+          /unknown upstream "evil.example"; configured upstreams: github.com/,
+        ],
+        [
+          { name: "github.com/a/b", intervalSeconds: 10 },
+          Code.InvalidArgument,
+          /mirror interval 10s is below the 60s minimum/,
+        ],
         [{ name: "github.com/a/b", intervalSeconds: 100_000 }, Code.InvalidArgument, /above the 86400s/],
-        [{ name: "github.com/a/b", refs: "heads;rm -rf" }, Code.InvalidArgument, /must be heads, tags, heads,tags or all/],
+        [
+          { name: "github.com/a/b", refs: "heads;rm -rf" },
+          Code.InvalidArgument,
+          /must be heads, tags, heads,tags or all/,
+        ],
         [{ name: "x".repeat(100_000) }, Code.InvalidArgument, /must be <upstream>/],
       ];
       for (const [request, code, message] of cases) {
@@ -149,7 +187,10 @@ describe("spine: gRPC call → event → consumer, in one trace", () => {
           return true;
         });
       }
-      await assert.rejects(client.getMirror({ name: "github.com/nobody/nothing" }), (e: NearhubError) => e.code === Code.NotFound && /nearhub mirror add/.test(e.message));
+      await assert.rejects(
+        client.getMirror({ name: "github.com/nobody/nothing" }),
+        (e: NearhubError) => e.code === Code.NotFound && /nearhub mirror add/.test(e.message),
+      );
       // An identical add is idempotent, not an error.
       const first = await client.addMirror({ name: "github.com/acme/twice" });
       const second = await client.addMirror({ name: "github.com/acme/twice.git" });

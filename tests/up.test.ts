@@ -27,7 +27,8 @@ function processesUsing(dataDir: string): number[] {
   for (const entry of readdirSync("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
     try {
-      if (readFileSync(`/proc/${entry}/environ`, "latin1").includes(`NEARHUB_DATA_DIR=${dataDir}\0`)) pids.push(Number(entry));
+      if (readFileSync(`/proc/${entry}/environ`, "latin1").includes(`NEARHUB_DATA_DIR=${dataDir}\0`))
+        pids.push(Number(entry));
     } catch {
       // gone or not ours
     }
@@ -47,14 +48,22 @@ describe("nearhub up: all six services on one machine", () => {
   before(async () => {
     natsUrl = (await nats()).url;
     dir = await tempDir();
-    child = spawn(process.execPath, [...NODE_ARGS, ...CLI, "up", "--data", dir.path, "--port", "0", "--ready-timeout", "120s"], {
-      cwd: root,
-      env: { ...process.env, NATS_URL: natsUrl, NEARHUB_NAMESPACE: ns, LOG_LEVEL: "info" },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    child = spawn(
+      process.execPath,
+      [...NODE_ARGS, ...CLI, "up", "--data", dir.path, "--port", "0", "--ready-timeout", "120s"],
+      {
+        cwd: root,
+        env: { ...process.env, NATS_URL: natsUrl, NEARHUB_NAMESPACE: ns, LOG_LEVEL: "info" },
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
     child.stdout?.on("data", (d: Buffer) => (output += d.toString()));
     child.stderr?.on("data", (d: Buffer) => (output += d.toString()));
-    await eventually(async () => (/nearhub ready in/.test(output) ? true : undefined), 150_000, `"ready" from nearhub up; output so far:\n${output}`);
+    await eventually(
+      async () => (/nearhub ready in/.test(output) ? true : undefined),
+      150_000,
+      `"ready" from nearhub up; output so far:\n${output}`,
+    );
     edgeUrl = /edge\s+(http:\/\/127\.0\.0\.1:\d+)/.exec(output)?.[1] ?? "";
     metricsUrls = [...output.matchAll(/metrics (http:\/\/127\.0\.0\.1:\d+\/metrics)/g)].map((m) => m[1] ?? "");
   });
@@ -75,7 +84,14 @@ describe("nearhub up: all six services on one machine", () => {
     assert.equal(response.status, 200);
     const body = (await response.json()) as { status: string; services: Record<string, string> };
     assert.equal(body.status, "SERVING");
-    assert.deepEqual(Object.keys(body.services).sort(), ["audit", "edge", "indexing", "inference-gateway", "storage", "sync"]);
+    assert.deepEqual(Object.keys(body.services).sort(), [
+      "audit",
+      "edge",
+      "indexing",
+      "inference-gateway",
+      "storage",
+      "sync",
+    ]);
     for (const state of Object.values(body.services)) assert.equal(state, "SERVING");
   });
 
@@ -99,7 +115,10 @@ describe("nearhub up: all six services on one machine", () => {
     assert.match(again.stdout, /already mirrored/);
     const list = cli(["mirror", "list", "--json"], env);
     assert.equal(list.code, 0);
-    assert.equal((JSON.parse(list.stdout) as { mirrors: Array<{ name: string }> }).mirrors[0]?.name, "github.com/acme/widgets");
+    assert.equal(
+      (JSON.parse(list.stdout) as { mirrors: Array<{ name: string }> }).mirrors[0]?.name,
+      "github.com/acme/widgets",
+    );
     const found = cli(["search", "widg"], env);
     assert.equal(found.code, 0);
     const bad = cli(["mirror", "add", "github.com/acme/w", "--interval", "10s"], env);
@@ -177,7 +196,11 @@ describe("a service with bad configuration says what is wrong and exits non-zero
   });
 
   test("an unreachable NATS server is named", () => {
-    const result = run({ NATS_URL: "nats://127.0.0.1:1", NEARHUB_GRPC_PORT: "0", NEARHUB_NATS_CONNECT_TIMEOUT_MS: "1000" });
+    const result = run({
+      NATS_URL: "nats://127.0.0.1:1",
+      NEARHUB_GRPC_PORT: "0",
+      NEARHUB_NATS_CONNECT_TIMEOUT_MS: "1000",
+    });
     assert.equal(result.status, 1);
     assert.match(result.stderr, /cannot reach NATS at nats:\/\/127\.0\.0\.1:1/);
   });

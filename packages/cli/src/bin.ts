@@ -68,7 +68,7 @@ async function main(argv: string[]): Promise<number> {
       if (positionals.length > 0) throw new UsageError(`up takes no arguments; got ${positionals.join(" ")}`);
       const port = Number(values.port ?? "8080");
       if (!Number.isInteger(port) || port < 0 || port > 65535) {
-        throw new UsageError(`--port ${values.port} must be a whole number from 0 to 65535`);
+        throw new UsageError(`--port ${values.port ?? ""} must be a whole number from 0 to 65535`);
       }
       const readyTimeoutS = parseDuration(values["ready-timeout"] ?? "60s");
       return up({ dataDir: values.data ?? ".nearhub", httpPort: port, readyTimeoutS, env: process.env });
@@ -86,7 +86,7 @@ async function main(argv: string[]): Promise<number> {
       const base = values.url ?? url;
       const name = positionals[0];
       const needName = () => {
-        if (!name) throw new UsageError(`mirror ${sub} needs a name such as github.com/owner/repo`);
+        if (!name) throw new UsageError(`mirror ${sub ?? ""} needs a name such as github.com/owner/repo`);
         return name;
       };
       switch (sub) {
@@ -98,14 +98,20 @@ async function main(argv: string[]): Promise<number> {
             ...(values.refs ? { refs: values.refs } : {}),
             lfs: values.lfs ?? false,
           })) as { mirror: MirrorJson; created: boolean };
-          print(values.json ?? false, result, () => `${result.created ? "added" : "already mirrored"}: ${mirrorLine(result.mirror)}`);
+          print(
+            values.json ?? false,
+            result,
+            () => `${result.created ? "added" : "already mirrored"}: ${mirrorLine(result.mirror)}`,
+          );
           return 0;
         }
         case "list": {
           const query = values.prefix ? `?prefix=${encodeURIComponent(values.prefix)}` : "";
           const result = (await callApi(base, "GET", `/api/mirrors${query}`)) as { mirrors: MirrorJson[] };
           print(values.json ?? false, result, () =>
-            result.mirrors.length === 0 ? "no mirrors yet; add one with: nearhub mirror add github.com/owner/repo" : result.mirrors.map(mirrorLine).join("\n"),
+            result.mirrors.length === 0
+              ? "no mirrors yet; add one with: nearhub mirror add github.com/owner/repo"
+              : result.mirrors.map(mirrorLine).join("\n"),
           );
           return 0;
         }
@@ -116,7 +122,7 @@ async function main(argv: string[]): Promise<number> {
         }
         case "remove": {
           await callApi(base, "DELETE", `/api/mirrors/${needName()}`);
-          process.stdout.write(`removed ${name}\n`);
+          process.stdout.write(`removed ${name ?? ""}\n`);
           return 0;
         }
         default:
@@ -133,7 +139,7 @@ async function main(argv: string[]): Promise<number> {
       const params = new URLSearchParams({ q: positionals.join(" ") });
       if (values.kind) params.set("kind", values.kind);
       if (values.limit) params.set("limit", values.limit);
-      const result = (await callApi(values.url ?? url, "GET", `/api/search?${params}`)) as {
+      const result = (await callApi(values.url ?? url, "GET", `/api/search?${params.toString()}`)) as {
         hits?: Array<{ id: string; kind?: string; description?: string }>;
         total?: string;
       };
@@ -141,7 +147,12 @@ async function main(argv: string[]): Promise<number> {
       print(values.json ?? false, result, () =>
         hits.length === 0
           ? "no matches"
-          : hits.map((h) => `${(h.kind ?? "").replace("DOCUMENT_KIND_", "").toLowerCase().padEnd(9)} ${h.id}  ${h.description ?? ""}`).join("\n"),
+          : hits
+              .map(
+                (h) =>
+                  `${(h.kind ?? "").replace("DOCUMENT_KIND_", "").toLowerCase().padEnd(9)} ${h.id}  ${h.description ?? ""}`,
+              )
+              .join("\n"),
       );
       return 0;
     }

@@ -101,7 +101,7 @@ export async function up(options: UpOptions): Promise<number> {
           },
           (code) => {
             if (!stopping) {
-              process.stderr.write(`nats-server exited (${code}); stopping\n`);
+              process.stderr.write(`nats-server exited (${code ?? "signal"}); stopping\n`);
               void shutdown(1);
             }
           },
@@ -171,7 +171,9 @@ export async function up(options: UpOptions): Promise<number> {
         },
         (code, signal) => {
           if (!stopping) {
-            process.stderr.write(`${p.name} exited (${code ?? signal}); see ${join(dataDir, "logs", `${p.name}.log`)}. Stopping.\n`);
+            process.stderr.write(
+              `${p.name} exited (${code ?? signal ?? "unknown"}); see ${join(dataDir, "logs", `${p.name}.log`)}. Stopping.\n`,
+            );
             void shutdown(1);
           }
         },
@@ -180,7 +182,10 @@ export async function up(options: UpOptions): Promise<number> {
     }
 
     // 3. Wait until every service reports SERVING on grpc.health.v1.
-    const clients = plans.map((p) => ({ plan: p, client: createClient(Health, `${HOST}:${p.grpcPort}`, { maxAttempts: 1 }) }));
+    const clients = plans.map((p) => ({
+      plan: p,
+      client: createClient(Health, `${HOST}:${p.grpcPort}`, { maxAttempts: 1 }),
+    }));
     const pending = new Set(plans.map((p) => p.name));
     const deadline = Date.now() + options.readyTimeoutS * 1000;
     while (pending.size > 0 && !stopping && Date.now() < deadline) {
@@ -215,8 +220,7 @@ export async function up(options: UpOptions): Promise<number> {
       ...plans
         .filter((p) => p.name !== "edge")
         .map(
-          (p) =>
-            `  ${p.name.padEnd(18)} grpc ${HOST}:${p.grpcPort}   metrics http://${HOST}:${p.metricsPort}/metrics`,
+          (p) => `  ${p.name.padEnd(18)} grpc ${HOST}:${p.grpcPort}   metrics http://${HOST}:${p.metricsPort}/metrics`,
         ),
       `  NATS               ${natsUrl}`,
       `  data               ${dataDir} (logs in ${join(dataDir, "logs")})`,

@@ -25,7 +25,12 @@ export interface AuditEntry {
  * for the ack: an action is not reported done before its audit record is durable. Actor,
  * client address, user agent and trace id come from the call.
  */
-export async function publishAudit(bus: Bus, service: string, entry: AuditEntry, ctx?: CallContext): Promise<AuditEvent> {
+export async function publishAudit(
+  bus: Bus,
+  service: string,
+  entry: AuditEntry,
+  ctx?: CallContext,
+): Promise<AuditEvent> {
   const spanContext = trace.getActiveSpan()?.spanContext();
   const event = create(AuditEventSchema, {
     id: randomUUID(),
@@ -49,10 +54,14 @@ export async function publishAudit(bus: Bus, service: string, entry: AuditEntry,
   h.set("ce-time", new Date().toISOString());
   h.set("content-type", "application/json");
   injectIntoHeaders(h);
-  await bus.publish(bus.names.auditSubject(service, entry.action), new TextEncoder().encode(toJsonString(AuditEventSchema, event)), {
-    msgID: event.id,
-    headers: h,
-    type: "audit",
-  });
+  await bus.publish(
+    bus.names.auditSubject(service, entry.action),
+    new TextEncoder().encode(toJsonString(AuditEventSchema, event)),
+    {
+      msgID: event.id,
+      headers: h,
+      type: "audit",
+    },
+  );
   return event;
 }

@@ -1,6 +1,13 @@
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
-import { create, fromJsonString, toJsonString, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import {
+  create,
+  fromJsonString,
+  toJsonString,
+  type DescMessage,
+  type MessageInitShape,
+  type MessageShape,
+} from "@bufbuild/protobuf";
 import {
   AckPolicy,
   DeliverPolicy,
@@ -21,7 +28,7 @@ import { Code, NearhubError } from "./errors.js";
 import type { EventDef } from "@nearhub/proto/events";
 import type { Logger } from "./logger.js";
 import type { ServiceMetrics } from "./metrics.js";
-import { Names } from "./names.js";
+import { type Names } from "./names.js";
 import { extractFromHeaders, injectIntoHeaders } from "./trace-context.js";
 
 /**
@@ -298,7 +305,11 @@ export class Bus {
    * Publishes to JetStream and waits for the PubAck. Retries (same msgID, so the stream keeps
    * one copy) on timeouts and lost connections; throws UNAVAILABLE when it cannot be stored.
    */
-  async publish(subject: string, data: Uint8Array, opts: { msgID: string; headers?: MsgHdrs; type?: string }): Promise<PubAck> {
+  async publish(
+    subject: string,
+    data: Uint8Array,
+    opts: { msgID: string; headers?: MsgHdrs; type?: string },
+  ): Promise<PubAck> {
     const type = opts.type ?? "raw";
     let lastError: unknown;
     for (let attempt = 1; attempt <= 5; attempt++) {
@@ -379,7 +390,10 @@ export class Bus {
       const parent = extractFromHeaders(m.headers);
       await tracer.startActiveSpan(
         `process ${received.type ?? m.subject}`,
-        { kind: SpanKind.CONSUMER, attributes: { "messaging.destination.name": m.subject, "messaging.consumer.group.name": decl.durable } },
+        {
+          kind: SpanKind.CONSUMER,
+          attributes: { "messaging.destination.name": m.subject, "messaging.consumer.group.name": decl.durable },
+        },
         parent,
         async (span) => {
           // Keep the delivery ours while a long handler runs.
@@ -403,7 +417,12 @@ export class Bus {
               const delay = backoff[Math.min(m.info.deliveryCount - 1, backoff.length - 1)] ?? 1000;
               m.nak(delay);
               this.options.metrics?.consumed.inc({ consumer: decl.durable, outcome: "nak" });
-              log.warn("handler failed; will retry", { subject: m.subject, seq: m.seq, attempt: m.info.deliveryCount, error });
+              log.warn("handler failed; will retry", {
+                subject: m.subject,
+                seq: m.seq,
+                attempt: m.info.deliveryCount,
+                error,
+              });
             }
           } finally {
             clearInterval(heartbeat);
@@ -486,13 +505,11 @@ function toReceived(m: JsMsg): ReceivedMessage {
 
 function isNotFound(error: unknown): boolean {
   const e = error as { code?: unknown; message?: string; api_error?: { err_code?: number } };
-  return (
-    e?.api_error?.err_code === 10059 ||
-    e?.api_error?.err_code === 10014 ||
-    /not found/i.test(e?.message ?? "")
-  );
+  return e?.api_error?.err_code === 10059 || e?.api_error?.err_code === 10014 || /not found/i.test(e?.message ?? "");
 }
 
 function wrapNats(error: unknown, what: string): NearhubError {
-  return new NearhubError(Code.Unavailable, `cannot provision ${what} on NATS: ${(error as Error).message}`, { cause: error });
+  return new NearhubError(Code.Unavailable, `cannot provision ${what} on NATS: ${(error as Error).message}`, {
+    cause: error,
+  });
 }

@@ -38,7 +38,10 @@ export const commonEnv = {
   /** Isolates subjects, streams and buckets; tests set a unique one, production leaves it empty. */
   NEARHUB_NAMESPACE: z
     .string()
-    .regex(/^([a-z][a-z0-9]{0,30})?$/, "must be empty or lower-case letters and digits, starting with a letter (at most 31)")
+    .regex(
+      /^([a-z][a-z0-9]{0,30})?$/,
+      "must be empty or lower-case letters and digits, starting with a letter (at most 31)",
+    )
     .default(""),
   NEARHUB_BIND_HOST: z
     .string()
@@ -46,13 +49,25 @@ export const commonEnv = {
     .default("127.0.0.1"),
   NEARHUB_METRICS_PORT: port(0),
   NEARHUB_DATA_DIR: z.string().min(1, "must be a folder path").default(".nearhub"),
-  LOG_LEVEL: z.enum(["debug", "info", "warn", "error", "silent"], { error: "must be one of debug, info, warn, error, silent" }).default("info"),
+  LOG_LEVEL: z
+    .enum(["debug", "info", "warn", "error", "silent"], { error: "must be one of debug, info, warn, error, silent" })
+    .default("info"),
   OTEL_EXPORTER_OTLP_ENDPOINT: z.url({ error: "must be an http(s) URL such as http://jaeger:4318" }).optional(),
   /** nats-server's monitoring URL (http://host:8222), used to check its fsync setting. */
   NEARHUB_NATS_MONITOR_URL: z.url({ error: "must be an http(s) URL such as http://nats:8222" }).optional(),
   /** How long to keep trying to reach NATS at start-up before giving up. */
-  NEARHUB_NATS_CONNECT_TIMEOUT_MS: z.coerce.number({ error: "must be milliseconds, e.g. 15000" }).int().min(100).max(600_000).default(15_000),
-  NEARHUB_SHUTDOWN_TIMEOUT_MS: z.coerce.number({ error: "must be milliseconds, e.g. 5000" }).int().min(100).max(120_000).default(4000),
+  NEARHUB_NATS_CONNECT_TIMEOUT_MS: z.coerce
+    .number({ error: "must be milliseconds, e.g. 15000" })
+    .int()
+    .min(100)
+    .max(600_000)
+    .default(15_000),
+  NEARHUB_SHUTDOWN_TIMEOUT_MS: z.coerce
+    .number({ error: "must be milliseconds, e.g. 5000" })
+    .int()
+    .min(100)
+    .max(120_000)
+    .default(4000),
 } as const;
 
 /** The parsed common variables. */

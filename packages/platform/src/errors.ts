@@ -1,4 +1,4 @@
-import { status as GrpcStatus } from "@grpc/grpc-js";
+import { type status as GrpcStatus } from "@grpc/grpc-js";
 import { ZodError } from "zod";
 
 /** The closed set of error codes nearhub uses everywhere: the gRPC status codes. */
@@ -82,7 +82,7 @@ export class NearhubError extends Error {
       const grpcCode = (reason as { code?: unknown }).code;
       const details = (reason as { details?: unknown }).details;
       if (typeof grpcCode === "number" && grpcCode in Code && typeof details === "string") {
-        return new NearhubError(grpcCode as Code, details, { cause: reason });
+        return new NearhubError(grpcCode, details, { cause: reason });
       }
       if (typeof grpcCode === "string") {
         if (NETWORK_UNAVAILABLE.has(grpcCode)) {
@@ -146,5 +146,5 @@ export function formatZodIssues(error: ZodError): string {
 
 /** The grpc-js status number for a code (the same numbers, named for readers). */
 export function toGrpcStatus(code: Code): GrpcStatus {
-  return code as number as GrpcStatus;
+  return code as number;
 }

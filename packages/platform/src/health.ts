@@ -1,6 +1,6 @@
 import { on } from "node:events";
 import { EventEmitter } from "node:events";
-import { Health, HealthCheckResponse_ServingStatus as Status } from "@nearhub/proto/health";
+import { type Health, HealthCheckResponse_ServingStatus as Status } from "@nearhub/proto/health";
 import { Code, NearhubError } from "./errors.js";
 import type { ServiceImpl } from "./rpc-types.js";
 

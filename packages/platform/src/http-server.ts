@@ -4,7 +4,12 @@ import { Code, NearhubError, httpStatusOf } from "./errors.js";
 import type { ServiceMetrics } from "./metrics.js";
 
 /** Sends a JSON body with the right headers. */
-export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+export function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): void {
   const text = JSON.stringify(body);
   res.writeHead(status, {
     "content-type": "application/json; charset=utf-8",
@@ -18,7 +23,9 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
 export function sendError(res: ServerResponse, error: unknown): void {
   const e = NearhubError.from(error, Code.Internal);
   const internal = e.code === Code.Internal && !(error instanceof NearhubError);
-  sendJson(res, httpStatusOf(e.code), { error: internal ? "internal error; the server log has the details" : e.rawMessage });
+  sendJson(res, httpStatusOf(e.code), {
+    error: internal ? "internal error; the server log has the details" : e.rawMessage,
+  });
 }
 
 /** Serves Prometheus text from a service's registry. */
@@ -55,7 +62,12 @@ export async function startOpsServer(options: OpsServerOptions): Promise<{ serve
   const server = createServer((req, res) => {
     const path = (req.url ?? "/").split("?")[0];
     if (req.method !== "GET" && req.method !== "HEAD") {
-      sendJson(res, 405, { error: `${req.method} is not allowed here; use GET` }, { allow: "GET, HEAD" });
+      sendJson(
+        res,
+        405,
+        { error: `${req.method ?? "this method"} is not allowed here; use GET` },
+        { allow: "GET, HEAD" },
+      );
       return;
     }
     switch (path) {
@@ -73,7 +85,7 @@ export async function startOpsServer(options: OpsServerOptions): Promise<{ serve
         sendJson(res, 200, { status: "alive" });
         return;
       default:
-        sendJson(res, 404, { error: `no route ${path}; try /metrics, /healthz or /livez` });
+        sendJson(res, 404, { error: `no route ${path ?? "/"}; try /metrics, /healthz or /livez` });
     }
   });
   server.headersTimeout = 10_000;

@@ -1,5 +1,13 @@
 export { Bus, PermanentError } from "./bus.js";
-export type { ConsumerDecl, ConsumerHandle, KvDecl, MessageHandler, Provisioning, ReceivedMessage, StreamDecl } from "./bus.js";
+export type {
+  ConsumerDecl,
+  ConsumerHandle,
+  KvDecl,
+  MessageHandler,
+  Provisioning,
+  ReceivedMessage,
+  StreamDecl,
+} from "./bus.js";
 export { ConfigError, commonEnv, parseEnv, port } from "./config.js";
 export type { CommonConfig } from "./config.js";
 export { Code, NearhubError, codeName, formatZodIssues, httpStatusOf } from "./errors.js";
@@ -15,7 +23,15 @@ export type { ClientOptions } from "./rpc-client.js";
 export { methodDefinition, methodPath, serviceDefinition } from "./rpc-definition.js";
 export { RpcServer } from "./rpc-server.js";
 export type { Authenticate, RpcServerOptions, ServerInterceptor } from "./rpc-server.js";
-export type { CallContext, CallOptions, Client, ClientMethod, MethodImpl, Principal, ServiceImpl } from "./rpc-types.js";
+export type {
+  CallContext,
+  CallOptions,
+  Client,
+  ClientMethod,
+  MethodImpl,
+  Principal,
+  ServiceImpl,
+} from "./rpc-types.js";
 export { runMain, runServiceMain } from "./run-main.js";
 export type { Stoppable } from "./run-main.js";
 export { ServiceHost } from "./service-host.js";

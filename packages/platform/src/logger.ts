@@ -43,12 +43,10 @@ export function createLogger(options: LoggerOptions): Logger {
 }
 
 function wrap(p: pino.Logger): Logger {
-  const at =
-    (level: "debug" | "info" | "warn" | "error") =>
-    (message: string, fields?: Record<string, unknown>) => {
-      if (fields) p[level](serializeErrors(fields), message);
-      else p[level](message);
-    };
+  const at = (level: "debug" | "info" | "warn" | "error") => (message: string, fields?: Record<string, unknown>) => {
+    if (fields) p[level](serializeErrors(fields), message);
+    else p[level](message);
+  };
   return {
     debug: at("debug"),
     info: at("info"),

@@ -31,7 +31,11 @@ const tracer = trace.getTracer("nearhub-rpc");
  * trace context, retries only idempotent unary methods (declared with `idempotency_level`) and
  * only when the server was unreachable, and fails with a {@link NearhubError}.
  */
-export function createClient<S extends DescService>(service: S, address: string, options: ClientOptions = {}): Client<S> {
+export function createClient<S extends DescService>(
+  service: S,
+  address: string,
+  options: ClientOptions = {},
+): Client<S> {
   const max = options.maxMessageBytes ?? 8 * 1024 * 1024;
   const channel = new grpc.Client(address, options.credentials ?? grpc.credentials.createInsecure(), {
     "grpc.max_receive_message_length": max,
@@ -118,10 +122,22 @@ function makeMethod(channel: grpc.Client, address: string, method: DescMethod, o
     case "server_streaming":
       return (request: unknown, call?: CallOptions) => {
         const message = create(method.input, request as never);
-        return streamResponses(fullMethod, spanOptions, fail, observe, () =>
-          channel.makeServerStreamRequest(def.path, def.requestSerialize, def.responseDeserialize, message, metadataFor(call), {
-            deadline: Date.now() + timeoutFor(call),
-          }),
+        return streamResponses(
+          fullMethod,
+          spanOptions,
+          fail,
+          observe,
+          () =>
+            channel.makeServerStreamRequest(
+              def.path,
+              def.requestSerialize,
+              def.responseDeserialize,
+              message,
+              metadataFor(call),
+              {
+                deadline: Date.now() + timeoutFor(call),
+              },
+            ),
           call?.signal,
         );
       };
@@ -166,9 +182,15 @@ function makeMethod(channel: grpc.Client, address: string, method: DescMethod, o
           fail,
           observe,
           () => {
-            const duplex = channel.makeBidiStreamRequest(def.path, def.requestSerialize, def.responseDeserialize, metadataFor(call), {
-              deadline: Date.now() + timeoutFor(call),
-            });
+            const duplex = channel.makeBidiStreamRequest(
+              def.path,
+              def.requestSerialize,
+              def.responseDeserialize,
+              metadataFor(call),
+              {
+                deadline: Date.now() + timeoutFor(call),
+              },
+            );
             pump(requests, duplex, method).catch((error: unknown) => duplex.destroy(error as Error));
             return duplex;
           },
@@ -239,7 +261,9 @@ function toClientError(error: unknown, fullMethod: string, address: string): Nea
   if (error instanceof NearhubError) return error;
   const e = NearhubError.from(error);
   if (e.code === Code.Unavailable) {
-    return new NearhubError(Code.Unavailable, `${fullMethod} at ${address} is unavailable: ${e.rawMessage}`, { cause: error });
+    return new NearhubError(Code.Unavailable, `${fullMethod} at ${address} is unavailable: ${e.rawMessage}`, {
+      cause: error,
+    });
   }
   if (e.code === Code.DeadlineExceeded) {
     return new NearhubError(Code.DeadlineExceeded, `${fullMethod} at ${address}: ${e.rawMessage}`, { cause: error });

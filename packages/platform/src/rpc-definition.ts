@@ -1,4 +1,4 @@
-import { fromBinary, toBinary, type DescMethod, type DescService } from "@bufbuild/protobuf";
+import { fromBinary, toBinary, type DescMethod, type DescService, type Message } from "@bufbuild/protobuf";
 import type { MethodDefinition, ServiceDefinition } from "@grpc/grpc-js";
 
 /** `/package.Service/Method`, the HTTP/2 path gRPC uses. */
@@ -13,11 +13,9 @@ export function methodDefinition(method: DescMethod): MethodDefinition<unknown, 
     path: methodPath(method),
     requestStream: kind === "client_streaming" || kind === "bidi_streaming",
     responseStream: kind === "server_streaming" || kind === "bidi_streaming",
-    // eslint-disable-next-line @typescript-eslint/no-explicit-any
-    requestSerialize: (message: any) => Buffer.from(toBinary(method.input, message)),
+    requestSerialize: (message: unknown) => Buffer.from(toBinary(method.input, message as Message)),
     requestDeserialize: (bytes: Buffer) => fromBinary(method.input, bytes),
-    // eslint-disable-next-line @typescript-eslint/no-explicit-any
-    responseSerialize: (message: any) => Buffer.from(toBinary(method.output, message)),
+    responseSerialize: (message: unknown) => Buffer.from(toBinary(method.output, message as Message)),
     responseDeserialize: (bytes: Buffer) => fromBinary(method.output, bytes),
     originalName: method.localName,
   };
@@ -29,5 +27,5 @@ export function serviceDefinition(service: DescService): ServiceDefinition {
   for (const method of service.methods) {
     definition[method.name] = methodDefinition(method);
   }
-  return definition as ServiceDefinition;
+  return definition;
 }

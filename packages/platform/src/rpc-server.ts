@@ -72,7 +72,7 @@ export class RpcServer {
       definition[method.name] = methodDefinition(method);
       handlers[method.name] = this.bind(method, fn.bind(impl) as Handler);
     }
-    this.server.addService(definition as grpc.ServiceDefinition, handlers);
+    this.server.addService(definition, handlers);
   }
 
   /** Binds host:port (0 for any free port) and starts serving; returns the bound port. */
@@ -200,7 +200,10 @@ export class RpcServer {
         const remaining = deadline.getTime() - Date.now();
         deadlineTimer = setTimeout(
           () => {
-            const error = new NearhubError(Code.DeadlineExceeded, `${fullMethod}: the deadline passed before the call finished`);
+            const error = new NearhubError(
+              Code.DeadlineExceeded,
+              `${fullMethod}: the deadline passed before the call finished`,
+            );
             controller.abort(error);
             reject(error);
           },
@@ -291,5 +294,5 @@ function toServiceError(error: unknown): Partial<grpc.StatusObject> {
       details: `internal error; the server log has the details${traceId ? ` (trace ${traceId})` : ""}`,
     };
   }
-  return { code: e.code as number as grpc.status, details: e.rawMessage };
+  return { code: e.code as number, details: e.rawMessage };
 }

@@ -69,7 +69,10 @@ export function runServiceMain<T extends typeof commonEnv & z.ZodRawShape>(
   runMain(name, async () => {
     const config = parseEnv(name, shape);
     const common = config as unknown as CommonConfig;
-    const telemetry = startTelemetry({ serviceName: `nearhub-${name}`, otlpEndpoint: common.OTEL_EXPORTER_OTLP_ENDPOINT });
+    const telemetry = startTelemetry({
+      serviceName: `nearhub-${name}`,
+      otlpEndpoint: common.OTEL_EXPORTER_OTLP_ENDPOINT,
+    });
     try {
       const service = await start(config);
       return {

@@ -1,10 +1,4 @@
-import {
-  context,
-  propagation,
-  type Context,
-  type TextMapGetter,
-  type TextMapSetter,
-} from "@opentelemetry/api";
+import { context, propagation, type Context, type TextMapGetter, type TextMapSetter } from "@opentelemetry/api";
 import type { MsgHdrs } from "@nats-io/nats-core";
 import type { Metadata } from "@grpc/grpc-js";
 

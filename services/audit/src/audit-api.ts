@@ -1,6 +1,6 @@
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, NearhubError, type ServiceImpl } from "@nearhub/platform";
-import { AuditService } from "@nearhub/proto/audit";
+import { type AuditService } from "@nearhub/proto/audit";
 import type { RecordIndex } from "./record-index.js";
 
 const MAX_PAGE = 1000;
@@ -10,12 +10,18 @@ export function auditApi(index: RecordIndex): ServiceImpl<typeof AuditService> {
   return {
     async queryRecords(request) {
       if (request.pageSize > MAX_PAGE) {
-        throw new NearhubError(Code.InvalidArgument, `page_size ${request.pageSize} is above the maximum of ${MAX_PAGE}`);
+        throw new NearhubError(
+          Code.InvalidArgument,
+          `page_size ${request.pageSize} is above the maximum of ${MAX_PAGE}`,
+        );
       }
       let after = 0n;
       if (request.cursor) {
         if (!/^\d{1,19}$/.test(request.cursor)) {
-          throw new NearhubError(Code.InvalidArgument, "cursor is not one this server returned; start again without a cursor");
+          throw new NearhubError(
+            Code.InvalidArgument,
+            "cursor is not one this server returned; start again without a cursor",
+          );
         }
         after = BigInt(request.cursor);
       }

@@ -3,7 +3,13 @@ import { dirname } from "node:path";
 import { create, fromJsonString, toJsonString } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import Database from "better-sqlite3";
-import { AuditEventSchema, AuditRecordSchema, Decision, type AuditEvent, type AuditRecord } from "@nearhub/proto/audit";
+import {
+  AuditEventSchema,
+  AuditRecordSchema,
+  type Decision,
+  type AuditEvent,
+  type AuditRecord,
+} from "@nearhub/proto/audit";
 
 /** Filters of {@link RecordIndex.query}. */
 export interface RecordQuery {
@@ -79,7 +85,9 @@ export class RecordIndex {
     if (q.untilMs !== undefined) where.push("time_ms < @until");
     if (q.decision) where.push("decision = @decision");
     const rows = this.db
-      .prepare(`SELECT seq, recorded_ms, event_json FROM records WHERE ${where.join(" AND ")} ORDER BY seq LIMIT @limit`)
+      .prepare(
+        `SELECT seq, recorded_ms, event_json FROM records WHERE ${where.join(" AND ")} ORDER BY seq LIMIT @limit`,
+      )
       .all({
         after: q.afterSequence.toString(),
         actor: q.actor,

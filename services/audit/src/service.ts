@@ -25,16 +25,21 @@ export async function startAudit(config: AuditConfig, options: { logger?: Logger
       }),
     },
     async (host) => {
-      const db = new RecordIndex(join(config.NEARHUB_DATA_DIR, `audit${host.names.namespace ? `-${host.names.namespace}` : ""}.sqlite`));
+      const db = new RecordIndex(
+        join(config.NEARHUB_DATA_DIR, `audit${host.names.namespace ? `-${host.names.namespace}` : ""}.sqlite`),
+      );
       index = db;
       host.onStop(() => db.close());
       host.serve(AuditService, auditApi(db));
-      const consumer = await host.bus.consume({ stream: host.names.stream("AUDIT"), durable: "audit-recorder" }, async (message) => {
-        // Every message on the audit subjects is an AuditEvent; a malformed one is dead-lettered.
-        const event = message.decode({ domain: "audit", what: "event", type: "nearhub.audit", schema: auditSchema });
-        if (!event.id) event.id = message.id ?? `seq-${message.streamSequence}`;
-        db.record(event);
-      });
+      const consumer = await host.bus.consume(
+        { stream: host.names.stream("AUDIT"), durable: "audit-recorder" },
+        async (message) => {
+          // Every message on the audit subjects is an AuditEvent; a malformed one is dead-lettered.
+          const event = message.decode({ domain: "audit", what: "event", type: "nearhub.audit", schema: auditSchema });
+          if (!event.id) event.id = message.id ?? `seq-${message.streamSequence}`;
+          db.record(event);
+        },
+      );
       host.onStop(() => consumer.stop(config.NEARHUB_SHUTDOWN_TIMEOUT_MS));
     },
   ).catch((error: unknown) => {

@@ -36,7 +36,8 @@ export function connectBackends(config: EdgeConfig, metrics: ServiceMetrics): Ba
     audit: createClient(AuditService, config.NEARHUB_AUDIT_ADDR, options),
     health,
     close() {
-      for (const c of [backends.sync, backends.storage, backends.search, backends.audit, ...Object.values(health)]) c.$close();
+      for (const c of [backends.sync, backends.storage, backends.search, backends.audit, ...Object.values(health)])
+        c.$close();
     },
   };
   return backends;

@@ -60,7 +60,12 @@ export function createRouter(routes: Route[], metrics: ServiceMetrics) {
     if (!route) {
       observeHttp(metrics, req, res, matching[0]?.template ?? "unmatched");
       const allowed = [...new Set(matching.map((r) => r.method))].join(", ");
-      sendJson(res, 405, { error: `${req.method} is not allowed on this path; allowed: ${allowed}` }, { allow: allowed });
+      sendJson(
+        res,
+        405,
+        { error: `${req.method ?? "this method"} is not allowed on this path; allowed: ${allowed}` },
+        { allow: allowed },
+      );
       return;
     }
     observeHttp(metrics, req, res, route.template);

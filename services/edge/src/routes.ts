@@ -1,5 +1,13 @@
 import { toJson } from "@bufbuild/protobuf";
-import { Code, NearhubError, ServingStatus, formatZodIssues, sendJson, sendMetrics, type ServiceMetrics } from "@nearhub/platform";
+import {
+  Code,
+  NearhubError,
+  ServingStatus,
+  formatZodIssues,
+  sendJson,
+  sendMetrics,
+  type ServiceMetrics,
+} from "@nearhub/platform";
 import { HealthCheckResponse_ServingStatus } from "@nearhub/proto/health";
 import { DocumentKind, SearchResponseSchema } from "@nearhub/proto/search";
 import { MirrorSchema } from "@nearhub/proto/sync";
@@ -69,12 +77,18 @@ export function edgeRoutes(backends: Backends, metrics: ServiceMetrics, selfRead
         const kindParam = url.searchParams.get("kind") ?? "";
         const kind = KINDS[kindParam];
         if (kind === undefined) {
-          throw new NearhubError(Code.InvalidArgument, `kind ${JSON.stringify(kindParam.slice(0, 50))} must be one of repo, model, dataset, all`);
+          throw new NearhubError(
+            Code.InvalidArgument,
+            `kind ${JSON.stringify(kindParam.slice(0, 50))} must be one of repo, model, dataset, all`,
+          );
         }
         const limitParam = url.searchParams.get("limit") ?? "20";
         const limit = Number(limitParam);
         if (!Number.isInteger(limit) || limit < 1 || limit > 100) {
-          throw new NearhubError(Code.InvalidArgument, `limit ${JSON.stringify(limitParam.slice(0, 20))} must be a whole number from 1 to 100`);
+          throw new NearhubError(
+            Code.InvalidArgument,
+            `limit ${JSON.stringify(limitParam.slice(0, 20))} must be a whole number from 1 to 100`,
+          );
         }
         const response = await backends.search.search({
           query: url.searchParams.get("q") ?? "",

@@ -30,7 +30,10 @@ export async function startEdge(config: EdgeConfig, options: { logger?: Logger }
       h.onStop(() => backends.close());
       const server = createServer(
         { maxHeaderSize: 16 * 1024, requestTimeout: 300_000, headersTimeout: 15_000 },
-        createRouter(edgeRoutes(backends, h.metrics, () => h.health.get() === ServingStatus.SERVING), h.metrics),
+        createRouter(
+          edgeRoutes(backends, h.metrics, () => h.health.get() === ServingStatus.SERVING),
+          h.metrics,
+        ),
       );
       await listenHttp(server, config.NEARHUB_BIND_HOST, config.NEARHUB_HTTP_PORT);
       httpPort = (server.address() as AddressInfo).port;

@@ -5,7 +5,9 @@ import { z } from "zod";
 export const indexingEnv = {
   ...commonEnv,
   NEARHUB_GRPC_PORT: port(7103),
-  NEARHUB_SEARCH_BACKEND: z.enum(["sqlite", "elasticsearch"], { error: "must be sqlite or elasticsearch" }).default("sqlite"),
+  NEARHUB_SEARCH_BACKEND: z
+    .enum(["sqlite", "elasticsearch"], { error: "must be sqlite or elasticsearch" })
+    .default("sqlite"),
   ELASTICSEARCH_URL: z.url({ error: "must be an http(s) URL such as http://elasticsearch:9200" }).optional(),
 };
 

@@ -1,6 +1,6 @@
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, NearhubError, type ServiceImpl } from "@nearhub/platform";
-import { SearchService } from "@nearhub/proto/search";
+import { type SearchService } from "@nearhub/proto/search";
 import type { SqliteSearchIndex } from "./sqlite-index.js";
 
 const MAX_QUERY = 500;
@@ -10,8 +10,15 @@ const MAX_PAGE = 100;
 function decodeCursor(cursor: string): number {
   if (!cursor) return 0;
   const offset = Number(Buffer.from(cursor, "base64url").toString("utf8").replace(/^o:/, ""));
-  if (!Number.isSafeInteger(offset) || offset < 0 || !Buffer.from(cursor, "base64url").toString("utf8").startsWith("o:")) {
-    throw new NearhubError(Code.InvalidArgument, "cursor is not one this server returned; start again without a cursor");
+  if (
+    !Number.isSafeInteger(offset) ||
+    offset < 0 ||
+    !Buffer.from(cursor, "base64url").toString("utf8").startsWith("o:")
+  ) {
+    throw new NearhubError(
+      Code.InvalidArgument,
+      "cursor is not one this server returned; start again without a cursor",
+    );
   }
   return offset;
 }
@@ -21,10 +28,16 @@ export function searchApi(index: SqliteSearchIndex): ServiceImpl<typeof SearchSe
   return {
     async search(request) {
       if (request.query.length > MAX_QUERY) {
-        throw new NearhubError(Code.InvalidArgument, `query is ${request.query.length} characters; the limit is ${MAX_QUERY}`);
+        throw new NearhubError(
+          Code.InvalidArgument,
+          `query is ${request.query.length} characters; the limit is ${MAX_QUERY}`,
+        );
       }
       if (request.pageSize > MAX_PAGE) {
-        throw new NearhubError(Code.InvalidArgument, `page_size ${request.pageSize} is above the maximum of ${MAX_PAGE}`);
+        throw new NearhubError(
+          Code.InvalidArgument,
+          `page_size ${request.pageSize} is above the maximum of ${MAX_PAGE}`,
+        );
       }
       const limit = request.pageSize || 20;
       const offset = decodeCursor(request.cursor);

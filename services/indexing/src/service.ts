@@ -29,7 +29,9 @@ export async function startIndexing(config: IndexingConfig, options: { logger?: 
       }),
     },
     async (host) => {
-      const db = new SqliteSearchIndex(join(config.NEARHUB_DATA_DIR, `search${host.names.namespace ? `-${host.names.namespace}` : ""}.sqlite`));
+      const db = new SqliteSearchIndex(
+        join(config.NEARHUB_DATA_DIR, `search${host.names.namespace ? `-${host.names.namespace}` : ""}.sqlite`),
+      );
       index = db;
       host.onStop(() => db.close());
       host.serve(SearchService, searchApi(db));

@@ -43,7 +43,13 @@ export function toFtsQuery(text: string): string | undefined {
   const tokens = text
     .normalize("NFKC")
     .split(/[\s/]+/u)
-    .map((t) => t.replace(/[\u0000-\u001f"]/gu, (c) => (c === '"' ? '""' : "")))
+    // Control characters go; quotes are doubled, FTS5's escape inside a string.
+    .map((t) =>
+      [...t]
+        .filter((c) => c >= " ")
+        .join("")
+        .replace(/"/g, '""'),
+    )
     .filter((t) => t.replace(/""/g, "").length > 0)
     .slice(0, 32);
   if (tokens.length === 0) return undefined;
@@ -98,7 +104,8 @@ export class SqliteSearchIndex {
 
   /** Inserts or replaces a document unless the stored version is newer; true when applied. */
   upsert(doc: SearchDocument): boolean {
-    const current = this.db.prepare("SELECT version FROM documents WHERE id = ?").get(doc.id) as { version: string } | undefined;
+    const current = this.db.prepare("SELECT version FROM documents WHERE id = ?").get(doc.id) as
+      { version: string } | undefined;
     if (current && BigInt(current.version) > doc.version) return false;
     this.db
       .prepare(
@@ -121,7 +128,8 @@ export class SqliteSearchIndex {
 
   /** Removes a document at `version` (leaving a tombstone); true when applied. */
   remove(id: string, version: bigint): boolean {
-    const current = this.db.prepare("SELECT version FROM documents WHERE id = ?").get(id) as { version: string } | undefined;
+    const current = this.db.prepare("SELECT version FROM documents WHERE id = ?").get(id) as
+      { version: string } | undefined;
     if (current && BigInt(current.version) > version) return false;
     this.db
       .prepare(
@@ -145,7 +153,9 @@ export class SqliteSearchIndex {
            WHERE d.deleted = 0 ${kindClause} ORDER BY d.updated_at DESC, d.id LIMIT @limit OFFSET @offset`,
         )
         .all(params) as IndexHit[];
-      const { n } = this.db.prepare(`SELECT count(*) AS n FROM documents d WHERE d.deleted = 0 ${kindClause}`).get(params) as { n: number };
+      const { n } = this.db
+        .prepare(`SELECT count(*) AS n FROM documents d WHERE d.deleted = 0 ${kindClause}`)
+        .get(params) as { n: number };
       return { hits: rows, total: n };
     }
     const rows = this.db
@@ -168,7 +178,15 @@ export class SqliteSearchIndex {
   /** The live document, for tests and diagnostics. */
   get(id: string): SearchDocument | undefined {
     const row = this.db.prepare("SELECT * FROM documents WHERE id = ? AND deleted = 0").get(id) as
-      | { id: string; kind: number; title: string; description: string; body: string; updated_at: number; version: string }
+      | {
+          id: string;
+          kind: number;
+          title: string;
+          description: string;
+          body: string;
+          updated_at: number;
+          version: string;
+        }
       | undefined;
     if (!row) return undefined;
     return {

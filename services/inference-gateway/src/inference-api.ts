@@ -1,5 +1,5 @@
 import { Code, NearhubError, ServingStatus, type HealthReporter, type ServiceImpl } from "@nearhub/platform";
-import { GRPCInferenceService } from "@nearhub/proto/inference";
+import { type GRPCInferenceService } from "@nearhub/proto/inference";
 import type { ModelRepository } from "./model-repository.js";
 
 /** The server name and version ServerMetadata reports. */
@@ -11,7 +11,10 @@ export const SERVER_VERSION = "0.1.0";
  * server metadata and the repository index are answered from the gateway's state;
  * model-addressed calls resolve the model in the repository first.
  */
-export function inferenceApi(models: ModelRepository, health: HealthReporter): ServiceImpl<typeof GRPCInferenceService> {
+export function inferenceApi(
+  models: ModelRepository,
+  health: HealthReporter,
+): ServiceImpl<typeof GRPCInferenceService> {
   const notServable = (name: string): never => {
     models.require(name);
     throw new NearhubError(Code.Unavailable, `model ${name} is not loaded`);

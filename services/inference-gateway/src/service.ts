@@ -5,7 +5,10 @@ import { inferenceApi } from "./inference-api.js";
 import { ModelRepository } from "./model-repository.js";
 
 /** Starts the inference gateway on the KServe v2 gRPC protocol. */
-export async function startInferenceGateway(config: InferenceConfig, options: { logger?: Logger } = {}): Promise<ServiceHost> {
+export async function startInferenceGateway(
+  config: InferenceConfig,
+  options: { logger?: Logger } = {},
+): Promise<ServiceHost> {
   const models = new ModelRepository();
   return ServiceHost.start(
     {

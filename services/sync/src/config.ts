@@ -7,7 +7,10 @@ const upstreams = z
   .default("github.com=https://github.com,gitlab.com=https://gitlab.com")
   .transform((value, ctx) => {
     const map = new Map<string, string>();
-    for (const part of value.split(",").map((p) => p.trim()).filter(Boolean)) {
+    for (const part of value
+      .split(",")
+      .map((p) => p.trim())
+      .filter(Boolean)) {
       const eq = part.indexOf("=");
       const name = part.slice(0, eq).trim();
       const url = part.slice(eq + 1).trim();

@@ -54,7 +54,10 @@ export function parseRefs(input: string): string {
   if (value === "all") return value;
   const parts = [...new Set(value.split(",").map((p) => p.trim()))].sort();
   if (parts.length === 0 || parts.some((p) => p !== "heads" && p !== "tags")) {
-    throw new NearhubError(Code.InvalidArgument, `refs ${JSON.stringify(input.slice(0, 100))} must be heads, tags, heads,tags or all`);
+    throw new NearhubError(
+      Code.InvalidArgument,
+      `refs ${JSON.stringify(input.slice(0, 100))} must be heads, tags, heads,tags or all`,
+    );
   }
   return parts.join(",");
 }
@@ -71,7 +74,10 @@ export function parseInterval(seconds: number): number {
     throw new NearhubError(Code.InvalidArgument, `mirror interval ${seconds}s is below the ${MIN_INTERVAL_S}s minimum`);
   }
   if (seconds > MAX_INTERVAL_S) {
-    throw new NearhubError(Code.InvalidArgument, `mirror interval ${seconds}s is above the ${MAX_INTERVAL_S}s (24 h) maximum`);
+    throw new NearhubError(
+      Code.InvalidArgument,
+      `mirror interval ${seconds}s is above the ${MAX_INTERVAL_S}s (24 h) maximum`,
+    );
   }
   return seconds;
 }

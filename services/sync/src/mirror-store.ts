@@ -30,7 +30,9 @@ export class MirrorStore {
     try {
       return await this.kv.create(keyOf(mirror.name), toJsonString(MirrorSchema, mirror));
     } catch (error) {
-      throw new NearhubError(Code.AlreadyExists, `mirror ${mirror.name} was created concurrently; retry`, { cause: error });
+      throw new NearhubError(Code.AlreadyExists, `mirror ${mirror.name} was created concurrently; retry`, {
+        cause: error,
+      });
     }
   }
 

@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, NearhubError, publishAudit, type Bus, type ServiceImpl } from "@nearhub/platform";
-import { MirrorSchema, MirrorState, SyncService } from "@nearhub/proto/sync";
+import { MirrorSchema, MirrorState, type SyncService } from "@nearhub/proto/sync";
 import { mirrorAdded, mirrorRemoved } from "@nearhub/proto/events";
 import { parseInterval, parseMirrorName, parseRefs } from "./mirror-name.js";
 import type { MirrorStore } from "./mirror-store.js";
@@ -30,9 +30,19 @@ export function syncApi({ store, bus, upstreams }: SyncApiDeps): ServiceImpl<typ
         if (m.intervalSeconds === intervalSeconds && m.refs === refs && m.lfs === request.lfs) {
           return { mirror: m, created: false };
         }
-        const updated = create(MirrorSchema, { ...m, intervalSeconds, refs, lfs: request.lfs, generation: m.generation + 1n });
+        const updated = create(MirrorSchema, {
+          ...m,
+          intervalSeconds,
+          refs,
+          lfs: request.lfs,
+          generation: m.generation + 1n,
+        });
         await store.update(updated, existing.revision);
-        await bus.publishEvent(mirrorAdded, { mirror: updated }, { id: `mirror.added:${updated.name}:${updated.generation}` });
+        await bus.publishEvent(
+          mirrorAdded,
+          { mirror: updated },
+          { id: `mirror.added:${updated.name}:${updated.generation}` },
+        );
         await publishAudit(bus, "sync", { action: "mirror.update", resource: updated.name }, ctx);
         return { mirror: updated, created: false };
       }
@@ -58,13 +68,17 @@ export function syncApi({ store, bus, upstreams }: SyncApiDeps): ServiceImpl<typ
       const name = parseMirrorName(request.name, upstreams);
       const stored = await store.get(name.full);
       if (!stored) {
-        throw new NearhubError(Code.NotFound, `no mirror named ${name.full}; add it with: nearhub mirror add ${name.full}`);
+        throw new NearhubError(
+          Code.NotFound,
+          `no mirror named ${name.full}; add it with: nearhub mirror add ${name.full}`,
+        );
       }
       return { mirror: stored.mirror };
     },
 
     async listMirrors(request) {
-      if (request.prefix.length > 300) throw new NearhubError(Code.InvalidArgument, "prefix is longer than 300 characters");
+      if (request.prefix.length > 300)
+        throw new NearhubError(Code.InvalidArgument, "prefix is longer than 300 characters");
       return { mirrors: await store.list(request.prefix) };
     },
 
@@ -74,7 +88,11 @@ export function syncApi({ store, bus, upstreams }: SyncApiDeps): ServiceImpl<typ
       if (!existing) return { removed: false };
       await store.remove(name.full);
       const generation = existing.mirror.generation + 1n;
-      await bus.publishEvent(mirrorRemoved, { name: name.full, generation }, { id: `mirror.removed:${name.full}:${generation}` });
+      await bus.publishEvent(
+        mirrorRemoved,
+        { name: name.full, generation },
+        { id: `mirror.removed:${name.full}:${generation}` },
+      );
       await publishAudit(bus, "sync", { action: "mirror.remove", resource: name.full }, ctx);
       return { removed: true };
     },
