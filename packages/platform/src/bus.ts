@@ -275,7 +275,10 @@ export class Bus {
       deliver_policy: DeliverPolicy.All,
       max_deliver: decl.maxDeliver ?? 5,
       ack_wait: nanos(decl.ackWaitMs ?? 30_000),
-      backoff: (decl.backoffMs ?? DEFAULT_BACKOFF_MS).slice(0, Math.max(1, (decl.maxDeliver ?? 5) - 1)).map(nanos),
+      // No server-side backoff: nats-server would take its steps as the ack wait and redeliver a
+      // message while its handler still runs. Failed attempts are delayed by nak(delay) instead;
+      // `[]` also clears the backoff of a consumer created before.
+      backoff: [],
       max_ack_pending: decl.maxAckPending ?? 1000,
       ...(decl.filterSubject ? { filter_subject: decl.filterSubject } : {}),
     };
@@ -383,6 +386,9 @@ export class Bus {
     const backoff = decl.backoffMs ?? DEFAULT_BACKOFF_MS;
     const ackWait = decl.ackWaitMs ?? 30_000;
     const shutdown = new AbortController();
+    // Export every outcome from the start, so `increase()` in alert rules sees the first one.
+    for (const outcome of ["ack", "nak", "dead_letter"])
+      this.options.metrics?.consumed.inc({ consumer: decl.durable, outcome }, 0);
     let stopping = false;
 
     const handleOne = async (m: JsMsg) => {
@@ -410,7 +416,9 @@ export class Bus {
               this.options.metrics?.consumed.inc({ consumer: decl.durable, outcome: "nak" });
             } else if (permanent || m.info.deliveryCount >= maxDeliver) {
               await this.deadLetter(decl, m, error);
-              m.term((error as Error).message.slice(0, 200));
+              // No reason: nats-server before 2.10.4 ignores `+TERM <reason>` and redelivers.
+              // The reason is in the dead letter's nearhub-dlq-reason header.
+              m.term();
               this.options.metrics?.consumed.inc({ consumer: decl.durable, outcome: "dead_letter" });
               log.error("message moved to the dead-letter subject", { subject: m.subject, seq: m.seq, error });
             } else {
@@ -445,8 +453,9 @@ export class Bus {
     const handle: ConsumerHandle = {
       stop: async (timeoutMs = 4000) => {
         stopping = true;
-        await messages.close().catch(() => undefined);
+        // Armed first: close() resolves only once the loop, and so the handler in hand, is done.
         const timer = setTimeout(() => shutdown.abort(new Error("shutting down")), timeoutMs);
+        await messages.close().catch(() => undefined);
         await loop.catch(() => undefined);
         clearTimeout(timer);
         this.consumers.delete(handle);

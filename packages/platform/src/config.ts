@@ -57,13 +57,13 @@ export const commonEnv = {
   NEARHUB_NATS_MONITOR_URL: z.url({ error: "must be an http(s) URL such as http://nats:8222" }).optional(),
   /** How long to keep trying to reach NATS at start-up before giving up. */
   NEARHUB_NATS_CONNECT_TIMEOUT_MS: z.coerce
-    .number({ error: "must be milliseconds, e.g. 15000" })
+    .number({ error: "must be whole milliseconds from 100 to 600000, e.g. 15000" })
     .int()
     .min(100)
     .max(600_000)
     .default(15_000),
   NEARHUB_SHUTDOWN_TIMEOUT_MS: z.coerce
-    .number({ error: "must be milliseconds, e.g. 5000" })
+    .number({ error: "must be whole milliseconds from 100 to 120000, e.g. 5000" })
     .int()
     .min(100)
     .max(120_000)

@@ -54,10 +54,13 @@ export class HealthReporter {
 
   private async *watch(service: string, signal: AbortSignal): AsyncIterable<{ status: Status }> {
     const current = () => this.statuses.get(service) ?? Status.SERVICE_UNKNOWN;
+    // Listen before the first yield: a change made before the caller pulls again is queued,
+    // not lost.
+    const changes = on(this.changes, "change", { signal }) as AsyncIterableIterator<[string, Status]>;
     let last = current();
-    yield { status: last };
     try {
-      for await (const [changed] of on(this.changes, "change", { signal }) as AsyncIterable<[string, Status]>) {
+      yield { status: last };
+      for await (const [changed] of changes) {
         if (changed !== service) continue;
         const now = current();
         if (now !== last) {
@@ -67,6 +70,8 @@ export class HealthReporter {
       }
     } catch (error) {
       if (!signal.aborted) throw error;
+    } finally {
+      await changes.return?.();
     }
   }
 }

@@ -11,9 +11,9 @@ export class ServiceMetrics {
   /** The registry `/metrics` serves. */
   readonly registry = new Registry();
   /** Server-side RPC latency; `code` is the gRPC status name, so rate and errors come from the counts. */
-  readonly rpcServerDuration: Histogram<"service" | "method" | "code">;
+  readonly rpcServerDuration: Histogram<"rpc_service" | "method" | "code">;
   /** Client-side RPC latency per target method. */
-  readonly rpcClientDuration: Histogram<"service" | "method" | "code">;
+  readonly rpcClientDuration: Histogram<"rpc_service" | "method" | "code">;
   /** HTTP latency per route template (never the raw path, to bound cardinality). */
   readonly httpDuration: Histogram<"method" | "route" | "status">;
   /** Events and jobs published, by subject kind and result. */
@@ -29,14 +29,14 @@ export class ServiceMetrics {
     this.rpcServerDuration = new Histogram({
       name: "nearhub_rpc_server_duration_seconds",
       help: "gRPC server handling time by method and status code",
-      labelNames: ["service", "method", "code"],
+      labelNames: ["rpc_service", "method", "code"],
       buckets: LATENCY_BUCKETS,
       registers: [this.registry],
     });
     this.rpcClientDuration = new Histogram({
       name: "nearhub_rpc_client_duration_seconds",
       help: "gRPC client call time by target method and status code",
-      labelNames: ["service", "method", "code"],
+      labelNames: ["rpc_service", "method", "code"],
       buckets: LATENCY_BUCKETS,
       registers: [this.registry],
     });

@@ -30,14 +30,17 @@ interface Seen {
   contexts: CallContext[];
 }
 
-function echoImpl(seen: Seen, overrides: Partial<ServiceImpl<typeof EchoService>> = {}): ServiceImpl<typeof EchoService> {
+function echoImpl(
+  seen: Seen,
+  overrides: Partial<ServiceImpl<typeof EchoService>> = {},
+): ServiceImpl<typeof EchoService> {
   return {
     async echo(request, ctx) {
       seen.echoCalls++;
       seen.contexts.push(ctx);
       if (request.delayMs > 0) await sleep(request.delayMs, undefined, { signal: ctx.signal }).catch(() => undefined);
       if (request.failWithCode !== 0) {
-        throw new NearhubError(request.failWithCode as Code, `asked to fail with code ${request.failWithCode}`);
+        throw new NearhubError(request.failWithCode, `asked to fail with code ${request.failWithCode}`);
       }
       return { text: request.text, principal: ctx.principal.subject };
     },
@@ -93,11 +96,6 @@ async function collect<T>(stream: AsyncIterable<T>): Promise<T[]> {
   const out: T[] = [];
   for await (const m of stream) out.push(m);
   return out;
-}
-
-async function untilAborted(signal: AbortSignal): Promise<unknown> {
-  if (!signal.aborted) await new Promise((resolve) => signal.addEventListener("abort", resolve, { once: true }));
-  return signal.reason;
 }
 
 describe("createClient: the four kinds", () => {
@@ -222,7 +220,10 @@ describe("createClient: errors", () => {
     try {
       const error = await rejection(client.echo({ text: "slow", delayMs: 3000 }));
       assert.equal(error.code, Code.DeadlineExceeded);
-      assert.match(error.message, new RegExp(`nearhub\\.common\\.v1\\.EchoService/Echo at ${server.address.replace(/\./g, "\\.")}`));
+      assert.match(
+        error.message,
+        new RegExp(`nearhub\\.common\\.v1\\.EchoService/Echo at ${server.address.replace(/\./g, "\\.")}`),
+      );
     } finally {
       client.$close();
       await server.close();
@@ -293,42 +294,63 @@ describe("createClient: errors", () => {
     }
   });
 
-  test("a client-streaming request source that throws fails the call and cancels it on the server", async () => {
-    const server = await startServer();
-    const client = createClient(EchoService, server.address, { timeoutMs: 5000 });
-    try {
-      async function* requests() {
-        yield { text: "first" };
-        await sleep(20);
-        throw new Error("the upload source broke");
+  // grpc-js shows a client's cancel to the server as the end of the requests (grpc/grpc-node#2583),
+  // so what these check is that the server's call ends now rather than at the far deadline.
+  test(
+    "a client-streaming request source that throws fails the call and ends it on the server",
+    { timeout: 10_000 },
+    async () => {
+      let serverDone!: () => void;
+      const ended = new Promise<void>((resolve) => (serverDone = resolve));
+      const server = await startServer({
+        echoClientStream: async (requests) => {
+          try {
+            for await (const r of requests) assert.equal(r.text, "first");
+          } finally {
+            serverDone();
+          }
+          return { texts: [] };
+        },
+      });
+      const client = createClient(EchoService, server.address, { timeoutMs: 60_000 });
+      try {
+        async function* requests() {
+          yield { text: "first" };
+          await sleep(20);
+          throw new Error("the upload source broke");
+        }
+        const error = await rejection(client.echoClientStream(requests()));
+        assert.equal(error.rawMessage, "the upload source broke");
+        await ended;
+      } finally {
+        client.$close();
+        await server.close();
       }
-      await assert.rejects(client.echoClientStream(requests()), /the upload source broke/);
-      const ctx = server.seen.contexts[0];
-      assert.ok(ctx, "the server handler ran");
-      const reason = await untilAborted(ctx.signal);
-      assert.ok(reason instanceof NearhubError);
-      assert.equal(reason.code, Code.Cancelled, "the server learns of it now, not at the deadline");
-    } finally {
-      client.$close();
-      await server.close();
-    }
-  });
+    },
+  );
 
-  test("a bidi request source that throws fails the call and cancels it on the server", async () => {
-    const server = await startServer();
-    const client = createClient(EchoService, server.address, { streamTimeoutMs: 5000 });
+  test("a bidi request source that throws fails the call and ends it on the server", { timeout: 10_000 }, async () => {
+    let serverDone!: () => void;
+    const ended = new Promise<void>((resolve) => (serverDone = resolve));
+    const server = await startServer({
+      echoBidiStream: async function* (requests) {
+        try {
+          for await (const r of requests) yield { text: r.text };
+        } finally {
+          serverDone();
+        }
+      },
+    });
+    const client = createClient(EchoService, server.address, { streamTimeoutMs: 60_000 });
     try {
       async function* requests() {
         yield { text: "first" };
         await sleep(20);
         throw new Error("the request source broke");
       }
-      await assert.rejects(collect(client.echoBidiStream(requests())), /the request source broke/);
-      const ctx = server.seen.contexts[0];
-      assert.ok(ctx, "the server handler ran");
-      const reason = await untilAborted(ctx.signal);
-      assert.ok(reason instanceof NearhubError);
-      assert.equal(reason.code, Code.Cancelled, "the server learns of it now, not at the deadline");
+      const error = await rejection(collect(client.echoBidiStream(requests())));
+      assert.equal(error.rawMessage, "the request source broke");
+      await ended;
     } finally {
       client.$close();
       await server.close();
@@ -418,8 +440,13 @@ describe("createClient: retries", () => {
         }
       });
       assert.equal(error.code, Code.Unavailable);
-      assert.ok(error.message.includes(`nearhub.common.v1.EchoService/Echo at ${address} is unavailable`), error.message);
-      const span = exporter.getFinishedSpans().find((s) => s.spanContext().traceId === traceId && s.kind === SpanKind.CLIENT);
+      assert.ok(
+        error.message.includes(`nearhub.common.v1.EchoService/Echo at ${address} is unavailable`),
+        error.message,
+      );
+      const span = exporter
+        .getFinishedSpans()
+        .find((s) => s.spanContext().traceId === traceId && s.kind === SpanKind.CLIENT);
       assert.ok(span);
       assert.deepEqual(
         span.events.filter((e) => e.name === "retry").map((e) => e.attributes?.["attempt"]),
@@ -450,7 +477,7 @@ describe("createClient: retries", () => {
 
   test("a retry reaches a server that came up in the meantime", async () => {
     const port = await closedPort();
-    const client = createClient(EchoService, `127.0.0.1:${port}`, { maxAttempts: 5 });
+    const client = createClient(EchoService, `127.0.0.1:${port}`, { maxAttempts: 6 });
     const seen: Seen = { echoCalls: 0, contexts: [] };
     const server = new RpcServer({ service: "test", logger: silentLogger, metrics: new ServiceMetrics("test") });
     server.addService(EchoService, echoImpl(seen));
@@ -485,7 +512,7 @@ describe("createClient: metrics and tracing", () => {
       assert.equal(count("Echo", "ok"), 1);
       assert.equal(count("Echo", "not_found"), 1);
       assert.equal(count("EchoServerStream", "ok"), 1);
-      assert.equal(values[0]?.labels["service"], "nearhub.common.v1.EchoService");
+      assert.equal(values[0]?.labels["rpc_service"], "nearhub.common.v1.EchoService");
     } finally {
       client.$close();
       await server.close();

@@ -67,7 +67,7 @@ function makeMethod(channel: grpc.Client, address: string, method: DescMethod, o
   };
   const observe = (started: bigint, code: Code) =>
     options.metrics?.rpcClientDuration.observe(
-      { service: method.parent.typeName, method: method.name, code: codeName(code) },
+      { rpc_service: method.parent.typeName, method: method.name, code: codeName(code) },
       Number(process.hrtime.bigint() - started) / 1e9,
     );
   const fail = (error: unknown): NearhubError => toClientError(error, fullMethod, address);
@@ -160,7 +160,12 @@ function makeMethod(channel: grpc.Client, address: string, method: DescMethod, o
             const writable = stream as unknown as grpc.ClientWritableStream<unknown>;
             abortOn(call?.signal, () => writable.cancel());
             result.catch(() => undefined);
-            await pump(requests, writable, method);
+            await pump(requests, writable, method).catch((error: unknown) => {
+              // A failed request source must end the call now: left open, the server would
+              // wait for more requests until the deadline.
+              writable.cancel();
+              throw error;
+            });
             const value = await result;
             observe(started, Code.Ok);
             return value;

@@ -30,14 +30,17 @@ interface Seen {
   contexts: CallContext[];
 }
 
-function echoImpl(seen: Seen, overrides: Partial<ServiceImpl<typeof EchoService>> = {}): ServiceImpl<typeof EchoService> {
+function echoImpl(
+  seen: Seen,
+  overrides: Partial<ServiceImpl<typeof EchoService>> = {},
+): ServiceImpl<typeof EchoService> {
   return {
     async echo(request, ctx) {
       seen.calls++;
       seen.contexts.push(ctx);
       if (request.delayMs > 0) await sleep(request.delayMs, undefined, { signal: ctx.signal }).catch(() => undefined);
       if (request.failWithCode !== 0) {
-        throw new NearhubError(request.failWithCode as Code, `asked to fail with code ${request.failWithCode}`);
+        throw new NearhubError(request.failWithCode, `asked to fail with code ${request.failWithCode}`);
       }
       return {
         text: request.text,
@@ -98,7 +101,7 @@ async function histogramCount(metrics: ServiceMetrics, labels: Record<string, st
   assert.ok(metric, "the RPC server histogram is registered");
   const values = (await metric.get()).values;
   return values
-    .filter((v) => v.metricName === "nearhub_rpc_server_duration_seconds_count")
+    .filter((v) => (v as { metricName?: string }).metricName === "nearhub_rpc_server_duration_seconds_count")
     .filter((v) => Object.entries(labels).every(([k, want]) => v.labels[k] === want))
     .reduce((sum, v) => sum + v.value, 0);
 }
@@ -447,7 +450,8 @@ describe("RpcServer deadlines and cancellation", () => {
       assert.match(error.message, /EchoService\/Echo/);
       const ctx = running.seen.contexts[0];
       assert.ok(ctx, "the handler ran");
-      if (!ctx.signal.aborted) await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve, { once: true }));
+      if (!ctx.signal.aborted)
+        await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve, { once: true }));
       assert.equal(ctx.signal.aborted, true);
       assert.ok(ctx.signal.reason instanceof NearhubError);
       assert.ok([Code.DeadlineExceeded, Code.Cancelled].includes(ctx.signal.reason.code));
@@ -513,7 +517,8 @@ describe("RpcServer deadlines and cancellation", () => {
       assert.deepEqual(got, [0, 1, 2]);
       const ctx = handlerCtx;
       assert.ok(ctx);
-      if (!ctx.signal.aborted) await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve, { once: true }));
+      if (!ctx.signal.aborted)
+        await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve, { once: true }));
       assert.ok(ctx.signal.reason instanceof NearhubError);
       assert.equal(ctx.signal.reason.code, Code.Cancelled);
     } finally {
@@ -534,7 +539,8 @@ describe("RpcServer deadlines and cancellation", () => {
       assert.equal(error.code, Code.Cancelled);
       const ctx = running.seen.contexts[0];
       assert.ok(ctx);
-      if (!ctx.signal.aborted) await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve, { once: true }));
+      if (!ctx.signal.aborted)
+        await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve, { once: true }));
       assert.equal(ctx.signal.aborted, true);
     } finally {
       client.$close();
@@ -679,10 +685,7 @@ describe("RpcServer hostile input", () => {
   });
 
   test("a response larger than maxMessageBytes is not sent", async () => {
-    const running = await startEcho(
-      { maxMessageBytes: 1024 },
-      { echo: async () => ({ text: "y".repeat(4096) }) },
-    );
+    const running = await startEcho({ maxMessageBytes: 1024 }, { echo: async () => ({ text: "y".repeat(4096) }) });
     const client = createClient(EchoService, running.address);
     try {
       const error = await rejection(client.echo({ text: "x" }));

@@ -27,7 +27,9 @@ export function runMain(name: string, start: () => Promise<Stoppable>): void {
       process.exit(1);
     }, 10_000);
     hardStop.unref();
-    (service?.stop() ?? Promise.resolve()).then(
+    // Still starting: exiting now would skip stop(); the start handler stops it once it is up.
+    if (!service) return;
+    service.stop().then(
       () => process.exit(0),
       (error: unknown) => {
         process.stderr.write(`${name}: error while stopping: ${(error as Error).message}\n`);

@@ -1,12 +1,34 @@
-import { timestampMs } from "@bufbuild/protobuf/wkt";
+import type { KeyObject } from "node:crypto";
+import { timestampMs, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { Code, NearhubError, type ServiceImpl } from "@nearhub/platform";
-import { type AuditService } from "@nearhub/proto/audit";
+import type { AuditService } from "@nearhub/proto/audit";
+import { verifyTrail } from "./chain.js";
 import type { RecordIndex } from "./record-index.js";
+import type { Recorder } from "./recorder.js";
+import type { AuditTrail } from "./trail.js";
 
 const MAX_PAGE = 1000;
 
-/** nearhub.audit.v1.AuditService over the record index. */
-export function auditApi(index: RecordIndex): ServiceImpl<typeof AuditService> {
+/** What the AuditService implementation needs. */
+export interface AuditApiDeps {
+  index: RecordIndex;
+  trail: AuditTrail;
+  recorder: Recorder;
+  /** Keys whose checkpoints are trusted, by key id. */
+  trustedKeys: Map<string, KeyObject>;
+}
+
+function range(since?: Timestamp, until?: Timestamp) {
+  const sinceMs = since ? timestampMs(since) : undefined;
+  const untilMs = until ? timestampMs(until) : undefined;
+  if (sinceMs !== undefined && untilMs !== undefined && sinceMs >= untilMs) {
+    throw new NearhubError(Code.InvalidArgument, "since must be before until");
+  }
+  return { ...(sinceMs !== undefined ? { sinceMs } : {}), ...(untilMs !== undefined ? { untilMs } : {}) };
+}
+
+/** nearhub.audit.v1.AuditService: query, verify, export. */
+export function auditApi({ index, trail, recorder, trustedKeys }: AuditApiDeps): ServiceImpl<typeof AuditService> {
   return {
     async queryRecords(request) {
       if (request.pageSize > MAX_PAGE) {
@@ -25,24 +47,41 @@ export function auditApi(index: RecordIndex): ServiceImpl<typeof AuditService> {
         }
         after = BigInt(request.cursor);
       }
-      const since = request.since ? timestampMs(request.since) : undefined;
-      const until = request.until ? timestampMs(request.until) : undefined;
-      if (since !== undefined && until !== undefined && since >= until) {
-        throw new NearhubError(Code.InvalidArgument, "since must be before until");
-      }
       const limit = request.pageSize || 100;
       const records = index.query({
         actor: request.actor,
         action: request.action,
         resource: request.resource,
-        ...(since !== undefined ? { sinceMs: since } : {}),
-        ...(until !== undefined ? { untilMs: until } : {}),
+        ...range(request.since, request.until),
         decision: request.decision,
         afterSequence: after,
         limit,
       });
       const last = records.at(-1);
       return { records, nextCursor: records.length === limit && last ? last.sequence.toString() : "" };
+    },
+
+    async verifyTrail(request) {
+      const verdict = await verifyTrail(trail.entries(), trustedKeys, request.sinceSequence);
+      if (!verdict.ok) recorder.verifyFailures.inc();
+      return {
+        ...verdict,
+        recordsChecked: BigInt(verdict.recordsChecked),
+        checkpointsChecked: BigInt(verdict.checkpointsChecked),
+      };
+    },
+
+    async *exportRecords(request, ctx) {
+      const bounds = range(request.since, request.until);
+      let after = 0n;
+      for (;;) {
+        if (ctx.signal.aborted) return;
+        const page = index.query({ ...bounds, afterSequence: after, limit: 500 });
+        for (const record of page) yield { record };
+        const last = page.at(-1);
+        if (!last || page.length < 500) return;
+        after = last.sequence;
+      }
     },
   };
 }

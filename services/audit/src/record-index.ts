@@ -26,8 +26,9 @@ export interface RecordQuery {
 }
 
 /**
- * The query index of the audit trail (SQLite, WAL). Recording is idempotent by event id, so a
- * redelivered event is recorded once; sequence numbers are assigned in arrival order.
+ * The query index of the audit trail (SQLite, WAL): a copy of the trail stream's records, kept
+ * in step by the recorder and rebuilt from the stream when lost. Indexed by actor, action,
+ * resource prefix, time and decision.
  */
 export class RecordIndex {
   private readonly db: Database.Database;
@@ -39,8 +40,11 @@ export class RecordIndex {
     this.db.pragma("synchronous = FULL");
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS records (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER PRIMARY KEY,
         event_id TEXT NOT NULL UNIQUE,
+        trail_seq INTEGER NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
         time_ms INTEGER NOT NULL,
         actor TEXT NOT NULL,
         action TEXT NOT NULL,
@@ -55,21 +59,38 @@ export class RecordIndex {
     `);
   }
 
-  /** Records an event; false when it was already recorded. */
-  record(event: AuditEvent, recordedMs = Date.now()): boolean {
+  /** True when the event is already in the trail. */
+  has(eventId: string): boolean {
+    return this.db.prepare("SELECT 1 FROM records WHERE event_id = ?").get(eventId) !== undefined;
+  }
+
+  /** The trail stream sequence of the newest indexed record (0 when empty). */
+  lastTrailSeq(): number {
+    const row = this.db.prepare("SELECT max(trail_seq) AS s FROM records").get() as { s: number | null };
+    return row.s ?? 0;
+  }
+
+  /** Indexes a trail record; false when it was already indexed. */
+  insert(record: AuditRecord, trailSeq: number): boolean {
+    const event = record.event;
+    if (!event) return false;
     const result = this.db
       .prepare(
-        `INSERT OR IGNORE INTO records (event_id, time_ms, actor, action, resource, decision, recorded_ms, event_json)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT OR IGNORE INTO records (seq, event_id, trail_seq, prev_hash, hash, time_ms, actor, action, resource, decision, recorded_ms, event_json)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
       .run(
+        record.sequence,
         event.id,
-        event.time ? timestampDate(event.time).getTime() : recordedMs,
+        trailSeq,
+        record.prevHash,
+        record.hash,
+        event.time ? timestampDate(event.time).getTime() : 0,
         event.actor,
         event.action,
         event.resource,
         event.decision,
-        recordedMs,
+        record.recordedAt ? timestampDate(record.recordedAt).getTime() : 0,
         toJsonString(AuditEventSchema, event),
       );
     return result.changes > 0;
@@ -97,12 +118,14 @@ export class RecordIndex {
         until: q.untilMs,
         decision: q.decision,
         limit: q.limit,
-      }) as Array<{ seq: number; recorded_ms: number; event_json: string }>;
+      }) as Array<{ seq: number; recorded_ms: number; event_json: string; prev_hash: string; hash: string }>;
     return rows.map((row) =>
       create(AuditRecordSchema, {
         sequence: BigInt(row.seq),
         event: fromJsonString(AuditEventSchema, row.event_json),
         recordedAt: timestampFromMs(row.recorded_ms),
+        prevHash: row.prev_hash,
+        hash: row.hash,
       }),
     );
   }

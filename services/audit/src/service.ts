@@ -1,18 +1,22 @@
 import { join } from "node:path";
 import { ServiceHost, auditStream, type Logger } from "@nearhub/platform";
-import { auditSchema } from "@nearhub/proto/events";
 import { AuditService } from "@nearhub/proto/audit";
 import { auditApi } from "./audit-api.js";
 import type { AuditConfig } from "./config.js";
 import { RecordIndex } from "./record-index.js";
+import { Recorder } from "./recorder.js";
+import { loadSigningKey } from "./signing-key.js";
+import { AuditTrail, trailStream } from "./trail.js";
 
 /**
- * Starts the audit service: it owns the AUDIT stream (file storage, deny delete, deny purge,
- * retention from configuration, at least 180 days), records every audit event once, and
- * answers queries.
+ * Starts the audit service: it owns the AUDIT inbox stream and the AUDIT_TRAIL stream (file
+ * storage, deny delete, deny purge, retention from configuration and never under 180 days),
+ * appends every audit event once as a hash-chained record with signed checkpoints, and
+ * answers queries, verification and export.
  */
 export async function startAudit(config: AuditConfig, options: { logger?: Logger } = {}): Promise<ServiceHost> {
   let index: RecordIndex | undefined;
+  const suffix = (ns: string) => (ns ? `-${ns}` : "");
   return ServiceHost.start(
     {
       name: "audit",
@@ -20,25 +24,39 @@ export async function startAudit(config: AuditConfig, options: { logger?: Logger
       grpcPort: config.NEARHUB_GRPC_PORT,
       ...(options.logger ? { logger: options.logger } : {}),
       provisioning: (names) => ({
-        streams: [auditStream(names, config.NEARHUB_AUDIT_RETENTION_DAYS, false)],
+        streams: [
+          auditStream(names, config.NEARHUB_AUDIT_RETENTION_DAYS, false),
+          trailStream(names, config.NEARHUB_AUDIT_RETENTION_DAYS),
+        ],
         consumers: [{ stream: names.stream("AUDIT"), durable: "audit-recorder" }],
       }),
     },
     async (host) => {
-      const db = new RecordIndex(
-        join(config.NEARHUB_DATA_DIR, `audit${host.names.namespace ? `-${host.names.namespace}` : ""}.sqlite`),
+      const ns = host.names.namespace;
+      const key = await loadSigningKey(
+        config.NEARHUB_AUDIT_SIGNING_KEY ?? join(config.NEARHUB_DATA_DIR, `audit-signing-key${suffix(ns)}.pem`),
       );
+      const db = new RecordIndex(join(config.NEARHUB_DATA_DIR, `audit${suffix(ns)}.sqlite`));
       index = db;
       host.onStop(() => db.close());
-      host.serve(AuditService, auditApi(db));
+      const trail = new AuditTrail(host.bus, host.names, key, host.logger.child({ component: "trail" }));
+      const recorder = new Recorder({
+        trail,
+        index: db,
+        logger: host.logger.child({ component: "recorder" }),
+        registry: host.metrics.registry,
+        checkpointRecords: config.NEARHUB_AUDIT_CHECKPOINT_RECORDS,
+        checkpointIntervalMs: config.NEARHUB_AUDIT_CHECKPOINT_SECONDS * 1000,
+      });
+      await recorder.start();
+      host.onStop(() => recorder.stop());
+      host.serve(
+        AuditService,
+        auditApi({ index: db, trail, recorder, trustedKeys: new Map([[key.keyId, key.publicKey]]) }),
+      );
       const consumer = await host.bus.consume(
         { stream: host.names.stream("AUDIT"), durable: "audit-recorder" },
-        async (message) => {
-          // Every message on the audit subjects is an AuditEvent; a malformed one is dead-lettered.
-          const event = message.decode({ domain: "audit", what: "event", type: "nearhub.audit", schema: auditSchema });
-          if (!event.id) event.id = message.id ?? `seq-${message.streamSequence}`;
-          db.record(event);
-        },
+        recorder.handler(),
       );
       host.onStop(() => consumer.stop(config.NEARHUB_SHUTDOWN_TIMEOUT_MS));
     },

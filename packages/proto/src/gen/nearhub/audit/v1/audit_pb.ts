@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nearhub/audit/v1/audit.proto.
  */
 export const file_nearhub_audit_v1_audit: GenFile = /*@__PURE__*/
-  fileDesc("ChxuZWFyaHViL2F1ZGl0L3YxL2F1ZGl0LnByb3RvEhBuZWFyaHViLmF1ZGl0LnYxIogDCgpBdWRpdEV2ZW50EgoKAmlkGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3NlcnZpY2UYAyABKAkSDQoFYWN0b3IYBCABKAkSDgoGYWN0aW9uGAUgASgJEhAKCHJlc291cmNlGAYgASgJEiwKCGRlY2lzaW9uGAcgASgOMhoubmVhcmh1Yi5hdWRpdC52MS5EZWNpc2lvbhIqCgdvdXRjb21lGAggASgOMhkubmVhcmh1Yi5hdWRpdC52MS5PdXRjb21lEhYKDmNsaWVudF9hZGRyZXNzGAkgASgJEhIKCnVzZXJfYWdlbnQYCiABKAkSEAoIdHJhY2VfaWQYCyABKAkSOgoHZGV0YWlscxgMIAMoCzIpLm5lYXJodWIuYXVkaXQudjEuQXVkaXRFdmVudC5EZXRhaWxzRW50cnkaLgoMRGV0YWlsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEifQoLQXVkaXRSZWNvcmQSEAoIc2VxdWVuY2UYASABKAQSKwoFZXZlbnQYAiABKAsyHC5uZWFyaHViLmF1ZGl0LnYxLkF1ZGl0RXZlbnQSLwoLcmVjb3JkZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIu0BChNRdWVyeVJlY29yZHNSZXF1ZXN0Eg0KBWFjdG9yGAEgASgJEg4KBmFjdGlvbhgCIAEoCRIQCghyZXNvdXJjZRgDIAEoCRIpCgVzaW5jZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGRlY2lzaW9uGAYgASgOMhoubmVhcmh1Yi5hdWRpdC52MS5EZWNpc2lvbhIRCglwYWdlX3NpemUYByABKA0SDgoGY3Vyc29yGAggASgJIlsKFFF1ZXJ5UmVjb3Jkc1Jlc3BvbnNlEi4KB3JlY29yZHMYASADKAsyHS5uZWFyaHViLmF1ZGl0LnYxLkF1ZGl0UmVjb3JkEhMKC25leHRfY3Vyc29yGAIgASgJKksKCERlY2lzaW9uEhgKFERFQ0lTSU9OX1VOU1BFQ0lGSUVEEAASEgoOREVDSVNJT05fQUxMT1cQARIRCg1ERUNJU0lPTl9ERU5ZEAIqTAoHT3V0Y29tZRIXChNPVVRDT01FX1VOU1BFQ0lGSUVEEAASEwoPT1VUQ09NRV9TVUNDRVNTEAESEwoPT1VUQ09NRV9GQUlMVVJFEAIycgoMQXVkaXRTZXJ2aWNlEmIKDFF1ZXJ5UmVjb3JkcxIlLm5lYXJodWIuYXVkaXQudjEuUXVlcnlSZWNvcmRzUmVxdWVzdBomLm5lYXJodWIuYXVkaXQudjEuUXVlcnlSZWNvcmRzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChxuZWFyaHViL2F1ZGl0L3YxL2F1ZGl0LnByb3RvEhBuZWFyaHViLmF1ZGl0LnYxIogDCgpBdWRpdEV2ZW50EgoKAmlkGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3NlcnZpY2UYAyABKAkSDQoFYWN0b3IYBCABKAkSDgoGYWN0aW9uGAUgASgJEhAKCHJlc291cmNlGAYgASgJEiwKCGRlY2lzaW9uGAcgASgOMhoubmVhcmh1Yi5hdWRpdC52MS5EZWNpc2lvbhIqCgdvdXRjb21lGAggASgOMhkubmVhcmh1Yi5hdWRpdC52MS5PdXRjb21lEhYKDmNsaWVudF9hZGRyZXNzGAkgASgJEhIKCnVzZXJfYWdlbnQYCiABKAkSEAoIdHJhY2VfaWQYCyABKAkSOgoHZGV0YWlscxgMIAMoCzIpLm5lYXJodWIuYXVkaXQudjEuQXVkaXRFdmVudC5EZXRhaWxzRW50cnkaLgoMRGV0YWlsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEingEKC0F1ZGl0UmVjb3JkEhAKCHNlcXVlbmNlGAEgASgEEisKBWV2ZW50GAIgASgLMhwubmVhcmh1Yi5hdWRpdC52MS5BdWRpdEV2ZW50Ei8KC3JlY29yZGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwcmV2X2hhc2gYBCABKAkSDAoEaGFzaBgFIAEoCSKgAQoPQXVkaXRDaGVja3BvaW50EhYKDmZpcnN0X3NlcXVlbmNlGAEgASgEEhUKDWxhc3Rfc2VxdWVuY2UYAiABKAQSEQoJbGFzdF9oYXNoGAMgASgJEigKBHRpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmtleV9pZBgFIAEoCRIRCglzaWduYXR1cmUYBiABKAkiLAoSVmVyaWZ5VHJhaWxSZXF1ZXN0EhYKDnNpbmNlX3NlcXVlbmNlGAEgASgEIp4BChNWZXJpZnlUcmFpbFJlc3BvbnNlEgoKAm9rGAEgASgIEhcKD3JlY29yZHNfY2hlY2tlZBgCIAEoBBIbChNjaGVja3BvaW50c19jaGVja2VkGAMgASgEEh0KFWZpcnN0X2Jyb2tlbl9zZXF1ZW5jZRgEIAEoBBIPCgdwcm9ibGVtGAUgASgJEhUKDWxhc3Rfc2VxdWVuY2UYBiABKAQibAoURXhwb3J0UmVjb3Jkc1JlcXVlc3QSKQoFc2luY2UYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBXVudGlsGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJGChVFeHBvcnRSZWNvcmRzUmVzcG9uc2USLQoGcmVjb3JkGAEgASgLMh0ubmVhcmh1Yi5hdWRpdC52MS5BdWRpdFJlY29yZCLtAQoTUXVlcnlSZWNvcmRzUmVxdWVzdBINCgVhY3RvchgBIAEoCRIOCgZhY3Rpb24YAiABKAkSEAoIcmVzb3VyY2UYAyABKAkSKQoFc2luY2UYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBXVudGlsGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghkZWNpc2lvbhgGIAEoDjIaLm5lYXJodWIuYXVkaXQudjEuRGVjaXNpb24SEQoJcGFnZV9zaXplGAcgASgNEg4KBmN1cnNvchgIIAEoCSJbChRRdWVyeVJlY29yZHNSZXNwb25zZRIuCgdyZWNvcmRzGAEgAygLMh0ubmVhcmh1Yi5hdWRpdC52MS5BdWRpdFJlY29yZBITCgtuZXh0X2N1cnNvchgCIAEoCSpLCghEZWNpc2lvbhIYChRERUNJU0lPTl9VTlNQRUNJRklFRBAAEhIKDkRFQ0lTSU9OX0FMTE9XEAESEQoNREVDSVNJT05fREVOWRACKkwKB091dGNvbWUSFwoTT1VUQ09NRV9VTlNQRUNJRklFRBAAEhMKD09VVENPTUVfU1VDQ0VTUxABEhMKD09VVENPTUVfRkFJTFVSRRACMrwCCgxBdWRpdFNlcnZpY2USYgoMUXVlcnlSZWNvcmRzEiUubmVhcmh1Yi5hdWRpdC52MS5RdWVyeVJlY29yZHNSZXF1ZXN0GiYubmVhcmh1Yi5hdWRpdC52MS5RdWVyeVJlY29yZHNSZXNwb25zZSIDkAIBEl8KC1ZlcmlmeVRyYWlsEiQubmVhcmh1Yi5hdWRpdC52MS5WZXJpZnlUcmFpbFJlcXVlc3QaJS5uZWFyaHViLmF1ZGl0LnYxLlZlcmlmeVRyYWlsUmVzcG9uc2UiA5ACARJnCg1FeHBvcnRSZWNvcmRzEiYubmVhcmh1Yi5hdWRpdC52MS5FeHBvcnRSZWNvcmRzUmVxdWVzdBonLm5lYXJodWIuYXVkaXQudjEuRXhwb3J0UmVjb3Jkc1Jlc3BvbnNlIgOQAgEwAWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * Published by every service on `nearhub.audit.<service>.<action>` for every mutation and
@@ -92,7 +92,9 @@ export const AuditEventSchema: GenMessage<AuditEvent> = /*@__PURE__*/
   messageDesc(file_nearhub_audit_v1_audit, 0);
 
 /**
- * One recorded entry of the trail.
+ * One recorded entry of the trail. `hash` = sha256 over the previous record's hash, this
+ * record's sequence and time, and the canonical JSON of the event: changing or removing any
+ * record breaks every hash after it.
  *
  * @generated from message nearhub.audit.v1.AuditRecord
  */
@@ -111,6 +113,16 @@ export type AuditRecord = Message<"nearhub.audit.v1.AuditRecord"> & {
    * @generated from field: google.protobuf.Timestamp recorded_at = 3;
    */
   recordedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string prev_hash = 4;
+   */
+  prevHash: string;
+
+  /**
+   * @generated from field: string hash = 5;
+   */
+  hash: string;
 };
 
 /**
@@ -119,6 +131,156 @@ export type AuditRecord = Message<"nearhub.audit.v1.AuditRecord"> & {
  */
 export const AuditRecordSchema: GenMessage<AuditRecord> = /*@__PURE__*/
   messageDesc(file_nearhub_audit_v1_audit, 1);
+
+/**
+ * A signed statement that the trail up to `last_sequence` ends in `last_hash`.
+ *
+ * @generated from message nearhub.audit.v1.AuditCheckpoint
+ */
+export type AuditCheckpoint = Message<"nearhub.audit.v1.AuditCheckpoint"> & {
+  /**
+   * @generated from field: uint64 first_sequence = 1;
+   */
+  firstSequence: bigint;
+
+  /**
+   * @generated from field: uint64 last_sequence = 2;
+   */
+  lastSequence: bigint;
+
+  /**
+   * @generated from field: string last_hash = 3;
+   */
+  lastHash: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp time = 4;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * First 16 hex characters of the sha256 of the Ed25519 public key (SPKI DER).
+   *
+   * @generated from field: string key_id = 5;
+   */
+  keyId: string;
+
+  /**
+   * Base64 Ed25519 signature over the checkpoint's canonical form.
+   *
+   * @generated from field: string signature = 6;
+   */
+  signature: string;
+};
+
+/**
+ * Describes the message nearhub.audit.v1.AuditCheckpoint.
+ * Use `create(AuditCheckpointSchema)` to create a new message.
+ */
+export const AuditCheckpointSchema: GenMessage<AuditCheckpoint> = /*@__PURE__*/
+  messageDesc(file_nearhub_audit_v1_audit, 2);
+
+/**
+ * @generated from message nearhub.audit.v1.VerifyTrailRequest
+ */
+export type VerifyTrailRequest = Message<"nearhub.audit.v1.VerifyTrailRequest"> & {
+  /**
+   * Verify from this record on (its prev_hash is trusted); 0 means from the first record.
+   *
+   * @generated from field: uint64 since_sequence = 1;
+   */
+  sinceSequence: bigint;
+};
+
+/**
+ * Describes the message nearhub.audit.v1.VerifyTrailRequest.
+ * Use `create(VerifyTrailRequestSchema)` to create a new message.
+ */
+export const VerifyTrailRequestSchema: GenMessage<VerifyTrailRequest> = /*@__PURE__*/
+  messageDesc(file_nearhub_audit_v1_audit, 3);
+
+/**
+ * @generated from message nearhub.audit.v1.VerifyTrailResponse
+ */
+export type VerifyTrailResponse = Message<"nearhub.audit.v1.VerifyTrailResponse"> & {
+  /**
+   * @generated from field: bool ok = 1;
+   */
+  ok: boolean;
+
+  /**
+   * @generated from field: uint64 records_checked = 2;
+   */
+  recordsChecked: bigint;
+
+  /**
+   * @generated from field: uint64 checkpoints_checked = 3;
+   */
+  checkpointsChecked: bigint;
+
+  /**
+   * 0 when the trail is intact.
+   *
+   * @generated from field: uint64 first_broken_sequence = 4;
+   */
+  firstBrokenSequence: bigint;
+
+  /**
+   * @generated from field: string problem = 5;
+   */
+  problem: string;
+
+  /**
+   * @generated from field: uint64 last_sequence = 6;
+   */
+  lastSequence: bigint;
+};
+
+/**
+ * Describes the message nearhub.audit.v1.VerifyTrailResponse.
+ * Use `create(VerifyTrailResponseSchema)` to create a new message.
+ */
+export const VerifyTrailResponseSchema: GenMessage<VerifyTrailResponse> = /*@__PURE__*/
+  messageDesc(file_nearhub_audit_v1_audit, 4);
+
+/**
+ * @generated from message nearhub.audit.v1.ExportRecordsRequest
+ */
+export type ExportRecordsRequest = Message<"nearhub.audit.v1.ExportRecordsRequest"> & {
+  /**
+   * @generated from field: google.protobuf.Timestamp since = 1;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp until = 2;
+   */
+  until?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message nearhub.audit.v1.ExportRecordsRequest.
+ * Use `create(ExportRecordsRequestSchema)` to create a new message.
+ */
+export const ExportRecordsRequestSchema: GenMessage<ExportRecordsRequest> = /*@__PURE__*/
+  messageDesc(file_nearhub_audit_v1_audit, 5);
+
+/**
+ * @generated from message nearhub.audit.v1.ExportRecordsResponse
+ */
+export type ExportRecordsResponse = Message<"nearhub.audit.v1.ExportRecordsResponse"> & {
+  /**
+   * @generated from field: nearhub.audit.v1.AuditRecord record = 1;
+   */
+  record?: AuditRecord | undefined;
+};
+
+/**
+ * Describes the message nearhub.audit.v1.ExportRecordsResponse.
+ * Use `create(ExportRecordsResponseSchema)` to create a new message.
+ */
+export const ExportRecordsResponseSchema: GenMessage<ExportRecordsResponse> = /*@__PURE__*/
+  messageDesc(file_nearhub_audit_v1_audit, 6);
 
 /**
  * @generated from message nearhub.audit.v1.QueryRecordsRequest
@@ -174,7 +336,7 @@ export type QueryRecordsRequest = Message<"nearhub.audit.v1.QueryRecordsRequest"
  * Use `create(QueryRecordsRequestSchema)` to create a new message.
  */
 export const QueryRecordsRequestSchema: GenMessage<QueryRecordsRequest> = /*@__PURE__*/
-  messageDesc(file_nearhub_audit_v1_audit, 2);
+  messageDesc(file_nearhub_audit_v1_audit, 7);
 
 /**
  * @generated from message nearhub.audit.v1.QueryRecordsResponse
@@ -196,7 +358,7 @@ export type QueryRecordsResponse = Message<"nearhub.audit.v1.QueryRecordsRespons
  * Use `create(QueryRecordsResponseSchema)` to create a new message.
  */
 export const QueryRecordsResponseSchema: GenMessage<QueryRecordsResponse> = /*@__PURE__*/
-  messageDesc(file_nearhub_audit_v1_audit, 3);
+  messageDesc(file_nearhub_audit_v1_audit, 8);
 
 /**
  * @generated from enum nearhub.audit.v1.Decision
@@ -263,6 +425,27 @@ export const AuditService: GenService<{
     methodKind: "unary";
     input: typeof QueryRecordsRequestSchema;
     output: typeof QueryRecordsResponseSchema;
+  },
+  /**
+   * Recomputes the hash chain and checkpoint signatures from the trail stream itself and
+   * names the first broken record.
+   *
+   * @generated from rpc nearhub.audit.v1.AuditService.VerifyTrail
+   */
+  verifyTrail: {
+    methodKind: "unary";
+    input: typeof VerifyTrailRequestSchema;
+    output: typeof VerifyTrailResponseSchema;
+  },
+  /**
+   * Streams records in sequence order, for NDJSON export to a SIEM.
+   *
+   * @generated from rpc nearhub.audit.v1.AuditService.ExportRecords
+   */
+  exportRecords: {
+    methodKind: "server_streaming";
+    input: typeof ExportRecordsRequestSchema;
+    output: typeof ExportRecordsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_nearhub_audit_v1_audit, 0);
