@@ -7,7 +7,6 @@ import {
   AuditEventSchema,
   AuditRecordSchema,
   type Decision,
-  type AuditEvent,
   type AuditRecord,
 } from "@nearhub/proto/audit";
 
