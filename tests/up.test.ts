@@ -110,7 +110,7 @@ describe("nearhub up: all six services on one machine", () => {
     const env = { NEARHUB_URL: edgeUrl };
     const add = cli(["mirror", "add", "github.com/acme/widgets", "--interval", "5m"], env);
     assert.equal(add.code, 0, add.stderr);
-    assert.match(add.stdout, /added: github\.com\/acme\/widgets\s+pending\s+every 300s/);
+    assert.match(add.stdout, /added: github\.com\/acme\/widgets\s+pending\b.*every 300s/);
     const again = cli(["mirror", "add", "github.com/acme/widgets", "--interval", "5m"], env);
     assert.match(again.stdout, /already mirrored/);
     const list = cli(["mirror", "list", "--json"], env);
@@ -175,6 +175,54 @@ describe("nearhub up: all six services on one machine", () => {
     const [code] = (await exited) as [number | null];
     assert.equal(code, 0, output);
     assert.deepEqual(processesUsing(dir.path), []);
+  });
+});
+
+describe("nearhub up without NATS_URL starts its own nats-server", () => {
+  test("ready with a child nats-server, and Ctrl-C stops it too", async () => {
+    const dir = await tempDir();
+    const natsPort = 30000 + Math.floor(Math.random() * 20000);
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    delete env["NATS_URL"];
+    const child = spawn(
+      process.execPath,
+      [
+        ...NODE_ARGS,
+        ...CLI,
+        "up",
+        "--data",
+        dir.path,
+        "--port",
+        "0",
+        "--nats-port",
+        String(natsPort),
+        "--ready-timeout",
+        "120s",
+      ],
+      { cwd: root, env, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let output = "";
+    child.stdout?.on("data", (d: Buffer) => (output += d.toString()));
+    child.stderr?.on("data", (d: Buffer) => (output += d.toString()));
+    try {
+      await eventually(
+        async () => (/nearhub ready in/.test(output) ? true : undefined),
+        150_000,
+        `ready; output:\n${output}`,
+      );
+      assert.match(output, new RegExp(`started nats-server \\(JetStream\\) on nats://127\\.0\\.0\\.1:${natsPort}`));
+      const edgeUrl = /edge\s+(http:\/\/127\.0\.0\.1:\d+)/.exec(output)?.[1] ?? "";
+      assert.equal((await fetch(`${edgeUrl}/healthz`)).status, 200);
+      const exited = once(child, "exit");
+      child.kill("SIGINT");
+      const [code] = (await exited) as [number | null];
+      assert.equal(code, 0, output);
+      assert.deepEqual(processesUsing(dir.path), []);
+    } finally {
+      if (child.exitCode === null) child.kill("SIGKILL");
+      for (const pid of processesUsing(dir.path)) process.kill(pid, "SIGKILL");
+      await dir.cleanup();
+    }
   });
 });
 

@@ -14,6 +14,8 @@ export interface UpOptions {
   httpPort: number;
   /** Seconds to wait for every service to report SERVING. */
   readyTimeoutS: number;
+  /** Where to look for (or start) NATS when NATS_URL is unset; default 4222. */
+  natsPort?: number;
   env: NodeJS.ProcessEnv;
 }
 
@@ -45,7 +47,7 @@ function which(binary: string, env: NodeJS.ProcessEnv): string | undefined {
 
 /**
  * `nearhub up`: everything on one machine. Uses NATS_URL, or a server already on
- * 127.0.0.1:4222, or starts nats-server -js as a child; starts the six services; prints the
+ * 127.0.0.1:4222 (--nats-port), or starts nats-server -js as a child there; starts the six services; prints the
  * URLs and `ready` once all report SERVING; Ctrl-C stops everything, children included.
  * Resolves with the exit code.
  */
@@ -74,21 +76,22 @@ export async function up(options: UpOptions): Promise<number> {
     // 1. NATS
     let natsUrl = options.env["NATS_URL"];
     if (!natsUrl) {
-      if (await isListening(HOST, 4222)) {
-        natsUrl = `nats://${HOST}:4222`;
+      const natsPort = options.natsPort ?? 4222;
+      if (await isListening(HOST, natsPort)) {
+        natsUrl = `nats://${HOST}:${natsPort}`;
         process.stdout.write(`using the NATS server already on ${natsUrl}\n`);
       } else {
         const binary = which("nats-server", options.env);
         if (!binary) {
           process.stderr.write(
-            "nats-server was not found and nothing answers on 127.0.0.1:4222.\n" +
+            `nats-server was not found and nothing answers on 127.0.0.1:${natsPort}.\n` +
               "Install it (Debian/Ubuntu: sudo apt-get install nats-server; macOS: brew install nats-server),\n" +
               "or run one with Docker (docker run -p 4222:4222 nats:2.12 -js), or set NATS_URL.\n",
           );
           await shutdown(1);
           return await exit;
         }
-        const port = await freePort(HOST, 4222);
+        const port = natsPort;
         const storeDir = join(dataDir, "nats");
         await mkdir(storeDir, { recursive: true });
         const nats = supervisor.start(
@@ -129,7 +132,8 @@ export async function up(options: UpOptions): Promise<number> {
       plans.push(p);
       return p;
     };
-    const sync = await plan("sync", 7101, 9101);
+    const syncGitPort = await freePort(HOST, 7111);
+    const sync = await plan("sync", 7101, 9101, { NEARHUB_GIT_HTTP_PORT: String(syncGitPort) });
     const storage = await plan("storage", 7102, 9102);
     const indexing = await plan("indexing", 7103, 9103);
     const audit = await plan("audit", 7104, 9104);
@@ -143,6 +147,7 @@ export async function up(options: UpOptions): Promise<number> {
     const edge = await plan("edge", 7100, 0, {
       NEARHUB_HTTP_PORT: String(httpPort),
       NEARHUB_SYNC_ADDR: `${HOST}:${sync.grpcPort}`,
+      NEARHUB_SYNC_GIT_URL: `http://${HOST}:${syncGitPort}`,
       NEARHUB_STORAGE_ADDR: `${HOST}:${storage.grpcPort}`,
       NEARHUB_INDEXING_ADDR: `${HOST}:${indexing.grpcPort}`,
       NEARHUB_AUDIT_ADDR: `${HOST}:${audit.grpcPort}`,

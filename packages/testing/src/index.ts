@@ -211,6 +211,7 @@ export function serviceEnv(
     NEARHUB_GRPC_PORT: "0",
     NEARHUB_METRICS_PORT: "0",
     NEARHUB_HTTP_PORT: "0",
+    NEARHUB_GIT_HTTP_PORT: "0",
     LOG_LEVEL: "silent",
     NEARHUB_SHUTDOWN_TIMEOUT_MS: "2000",
     ...extra,
