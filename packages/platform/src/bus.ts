@@ -111,6 +111,8 @@ export interface BusOptions {
   connectTimeoutMs?: number;
   /** nats-server's monitoring URL, to check that JetStream fsyncs every write. */
   monitorUrl?: string | undefined;
+  /** Copies of each stream and bucket this service creates (1 on one server, 3 on a cluster). */
+  replicas?: number;
 }
 
 const tracer = trace.getTracer("nearhub-bus");
@@ -248,7 +250,8 @@ export class Bus {
   }
 
   private async ensureStream(decl: StreamDecl): Promise<void> {
-    const { createOnly, ...stream } = decl;
+    const { createOnly, ...declared } = decl;
+    const stream = { num_replicas: this.options.replicas ?? 1, ...declared };
     try {
       const info = await this.jsm.streams.info(stream.name);
       if (createOnly) return;
@@ -295,7 +298,7 @@ export class Bus {
   async kv(bucket: string, decl?: Omit<KvDecl, "bucket">): Promise<KV> {
     const cached = this.kvs.get(bucket);
     if (cached) return cached;
-    const opts: Partial<KvOptions> = { history: decl?.history ?? 1 };
+    const opts: Partial<KvOptions> = { history: decl?.history ?? 1, replicas: this.options.replicas ?? 1 };
     if (decl?.ttlMs) opts.ttl = decl.ttlMs;
     const kv = await new Kvm(this.js).create(bucket, opts).catch((error: unknown) => {
       throw wrapNats(error, `KV bucket ${bucket}`);

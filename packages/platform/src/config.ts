@@ -55,6 +55,13 @@ export const commonEnv = {
   OTEL_EXPORTER_OTLP_ENDPOINT: z.url({ error: "must be an http(s) URL such as http://jaeger:4318" }).optional(),
   /** nats-server's monitoring URL (http://host:8222), used to check its fsync setting. */
   NEARHUB_NATS_MONITOR_URL: z.url({ error: "must be an http(s) URL such as http://nats:8222" }).optional(),
+  /** Copies JetStream keeps of every stream and bucket: 1 on one server, 3 on a cluster. */
+  NEARHUB_STREAM_REPLICAS: z.coerce
+    .number({ error: "must be 1, 3 or 5 (the number of NATS servers that keep each stream)" })
+    .int("must be 1, 3 or 5 (the number of NATS servers that keep each stream)")
+    .min(1, "must be 1, 3 or 5 (the number of NATS servers that keep each stream)")
+    .max(5, "must be 1, 3 or 5 (the number of NATS servers that keep each stream)")
+    .default(1),
   /** How long to keep trying to reach NATS at start-up before giving up. */
   NEARHUB_NATS_CONNECT_TIMEOUT_MS: z.coerce
     .number({ error: "must be whole milliseconds from 100 to 600000, e.g. 15000" })

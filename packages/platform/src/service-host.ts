@@ -104,6 +104,7 @@ export class ServiceHost {
       metrics: this.metrics,
       monitorUrl: common.NEARHUB_NATS_MONITOR_URL,
       connectTimeoutMs: common.NEARHUB_NATS_CONNECT_TIMEOUT_MS,
+      replicas: common.NEARHUB_STREAM_REPLICAS,
     });
     if (this.options.provisioning) await this.bus.provision(this.options.provisioning(this.names));
     await setup(this);
