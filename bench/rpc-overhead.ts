@@ -45,7 +45,7 @@ export async function main(): Promise<void> {
   // bare grpc-js, same serialization
   const raw = new grpc.Server();
   const def = methodDefinition(EchoService.method.echo);
-  raw.addService({ Echo: def } as grpc.ServiceDefinition, {
+  raw.addService({ Echo: def }, {
     Echo: (call: grpc.ServerUnaryCall<{ text: string }, unknown>, cb: grpc.sendUnaryData<unknown>) =>
       cb(null, create(EchoResponseSchema, { text: call.request.text })),
   });
@@ -62,7 +62,7 @@ export async function main(): Promise<void> {
     );
 
   // Interleave the runs so machine noise hits both alike.
-  const results = [];
+  const results: Array<{ label: string; median: number; p99: number }> = [];
   for (let round = 0; round < 2; round++) {
     results.push(await time("grpc-js bare", rawCall));
     results.push(await time("nearhub rpc", () => client.echo({ text: "hello" })));

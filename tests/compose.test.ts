@@ -77,7 +77,7 @@ describe("docker-compose.yml", () => {
 
   test("NATS runs 2.12 with JetStream syncing every write", () => {
     const nats = compose.services["nats"];
-    assert.ok(nats?.image?.startsWith("nats:2.12"), `nats image is ${nats?.image}`);
+    assert.ok(nats?.image?.startsWith("nats:2.12"), `nats image is ${nats?.image ?? "missing"}`);
     const conf = read("infra/nats/nats.conf");
     assert.match(conf, /jetstream\s*\{[^}]*sync_interval:\s*always/s);
   });

@@ -76,7 +76,7 @@ describe("spine: gRPC call → event → consumer, in one trace", () => {
       const spans = await eventually(
         async () => {
           const all = exporter.getFinishedSpans().filter((s) => s.spanContext().traceId === traceId);
-          return all.some((s) => s.kind === SpanKind.CONSUMER && s.name === "process nearhub.mirror.added")
+          return all.some((s) => s.kind === SpanKind.CONSUMER && s.name === "process nearhub.mirror.git.added")
             ? all
             : undefined;
         },
@@ -91,8 +91,10 @@ describe("spine: gRPC call → event → consumer, in one trace", () => {
       const rootSpan = spans.find((s) => s.name === "test-root");
       const clientSpan = byKind(SpanKind.CLIENT, "nearhub.sync.v1.SyncService/AddMirror");
       const serverSpan = byKind(SpanKind.SERVER, "nearhub.sync.v1.SyncService/AddMirror");
-      const producer = byKind(SpanKind.PRODUCER, "publish nearhub.mirror.added");
-      const consumers = spans.filter((s) => s.kind === SpanKind.CONSUMER && s.name === "process nearhub.mirror.added");
+      const producer = byKind(SpanKind.PRODUCER, "publish nearhub.mirror.git.added");
+      const consumers = spans.filter(
+        (s) => s.kind === SpanKind.CONSUMER && s.name === "process nearhub.mirror.git.added",
+      );
       assert.ok(rootSpan);
       const parentOf = (s: ReadableSpan) => s.parentSpanContext?.spanId;
       assert.equal(parentOf(clientSpan), rootSpan.spanContext().spanId);

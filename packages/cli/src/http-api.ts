@@ -10,14 +10,20 @@ export class ApiError extends Error {
 }
 
 /** Calls the edge's JSON API; throws ApiError with the server's message on failure. */
-export async function callApi(baseUrl: string, method: string, path: string, body?: unknown): Promise<unknown> {
+export async function callApi(
+  baseUrl: string,
+  method: string,
+  path: string,
+  body?: unknown,
+  timeoutMs = 30_000,
+): Promise<unknown> {
   let response: Response;
   try {
     response = await fetch(new URL(path, baseUrl), {
       method,
       headers: body === undefined ? {} : { "content-type": "application/json" },
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-      signal: AbortSignal.timeout(30_000),
+      signal: AbortSignal.timeout(timeoutMs),
     });
   } catch (error) {
     const cause = (error as { cause?: { code?: string } }).cause?.code ?? (error as Error).message;

@@ -135,9 +135,11 @@ export async function up(options: UpOptions): Promise<number> {
     const syncGitPort = await freePort(HOST, 7111);
     const sync = await plan("sync", 7101, 9101, { NEARHUB_GIT_HTTP_PORT: String(syncGitPort) });
     const storage = await plan("storage", 7102, 9102);
-    const indexing = await plan("indexing", 7103, 9103);
+    const indexing = await plan("indexing", 7103, 9103, { NEARHUB_STORAGE_ADDR: `${HOST}:${storage.grpcPort}` });
     const audit = await plan("audit", 7104, 9104);
-    const inference = await plan("inference-gateway", 8001, 8002);
+    const inference = await plan("inference-gateway", 8001, 8002, {
+      NEARHUB_STORAGE_ADDR: `${HOST}:${storage.grpcPort}`,
+    });
     const httpPort = options.httpPort === 0 ? await freePort(HOST, 0) : options.httpPort;
     if (options.httpPort !== 0 && !(await freePort(HOST, httpPort).then((p) => p === httpPort))) {
       process.stderr.write(`port ${httpPort} is in use; choose another with --port\n`);

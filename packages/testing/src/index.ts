@@ -254,3 +254,4 @@ export async function eventually<T>(
   }
   throw new Error(`timed out waiting for ${what}${lastError ? `: ${(lastError as Error).message}` : ""}`);
 }
+export { startHubDouble, sha256Hex, type HubDouble, type HubFile } from "./hf-hub-double.js";

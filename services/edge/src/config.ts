@@ -1,5 +1,6 @@
 import { commonEnv, port } from "@nearhub/platform";
 import { z } from "zod";
+import { hfEnv } from "./hf-config.js";
 
 const address = (fallback: string) =>
   z
@@ -10,6 +11,7 @@ const address = (fallback: string) =>
 /** The edge's environment. */
 export const edgeEnv = {
   ...commonEnv,
+  ...hfEnv,
   /** The public HTTP port: git, the Hugging Face API, search, admin, /metrics, /healthz. */
   NEARHUB_HTTP_PORT: port(8080),
   /** gRPC port for grpc.health.v1 only. */
@@ -19,6 +21,20 @@ export const edgeEnv = {
   NEARHUB_INDEXING_ADDR: address("127.0.0.1:7103"),
   NEARHUB_AUDIT_ADDR: address("127.0.0.1:7104"),
   NEARHUB_INFERENCE_ADDR: address("127.0.0.1:8001"),
+  /** The sync service's internal git smart-HTTP endpoint, which serves clones. */
+  NEARHUB_SYNC_GIT_URL: z
+    .url({ error: "must be an http URL such as http://sync:7111" })
+    .default("http://127.0.0.1:7111"),
+  /** Whether a clone of a repository not yet mirrored creates the mirror (pull-through). */
+  NEARHUB_GIT_PULL_THROUGH: z.enum(["on", "off"], { error: "must be on or off" }).default("on"),
+  /** Comma-separated patterns pull-through may create, e.g. `github.com/pytorch/*,github.com/acme/*`. */
+  NEARHUB_GIT_PULL_THROUGH_ALLOW: z.string().default("*"),
+  /** How long a first clone waits for the first sync of a pull-through mirror. */
+  NEARHUB_GIT_PULL_THROUGH_TIMEOUT_S: z.coerce.number().int().min(1).max(86_400).default(900),
+  /** The secret GitHub signs webhook deliveries with (X-Hub-Signature-256); webhooks are refused without it. */
+  NEARHUB_GITHUB_WEBHOOK_SECRET: z.string().optional(),
+  /** The upstream name GitHub webhook repositories map to. */
+  NEARHUB_GITHUB_WEBHOOK_UPSTREAM: z.string().default("github.com"),
 };
 
 /** The parsed configuration of the edge. */

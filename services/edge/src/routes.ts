@@ -9,20 +9,10 @@ import {
   type ServiceMetrics,
 } from "@nearhub/platform";
 import { HealthCheckResponse_ServingStatus } from "@nearhub/proto/health";
-import { DocumentKind, SearchResponseSchema } from "@nearhub/proto/search";
 import { MirrorSchema } from "@nearhub/proto/sync";
 import { z } from "zod";
 import type { Backends } from "./backends.js";
 import { readJson, type Route } from "./router.js";
-
-const KINDS: Record<string, DocumentKind> = {
-  "": DocumentKind.UNSPECIFIED,
-  all: DocumentKind.UNSPECIFIED,
-  repo: DocumentKind.GIT_REPO,
-  git: DocumentKind.GIT_REPO,
-  model: DocumentKind.MODEL,
-  dataset: DocumentKind.DATASET,
-};
 
 const addMirrorBody = z.object({
   name: z.string().min(1).max(300),
@@ -31,7 +21,7 @@ const addMirrorBody = z.object({
   lfs: z.boolean().optional(),
 });
 
-/** Edge's own routes: health, metrics, search and mirror administration. */
+/** Edge's own routes: health, metrics and mirror administration (search is in search-routes.ts). */
 export function edgeRoutes(backends: Backends, metrics: ServiceMetrics, selfReady: () => boolean): Route[] {
   return [
     {
@@ -68,36 +58,6 @@ export function edgeRoutes(backends: Backends, metrics: ServiceMetrics, selfRead
       pattern: /^\/metrics$/,
       template: "/metrics",
       handler: ({ res }) => sendMetrics(res, metrics),
-    },
-    {
-      method: "GET",
-      pattern: /^\/api\/search$/,
-      template: "/api/search",
-      handler: async ({ res, url }) => {
-        const kindParam = url.searchParams.get("kind") ?? "";
-        const kind = KINDS[kindParam];
-        if (kind === undefined) {
-          throw new NearhubError(
-            Code.InvalidArgument,
-            `kind ${JSON.stringify(kindParam.slice(0, 50))} must be one of repo, model, dataset, all`,
-          );
-        }
-        const limitParam = url.searchParams.get("limit") ?? "20";
-        const limit = Number(limitParam);
-        if (!Number.isInteger(limit) || limit < 1 || limit > 100) {
-          throw new NearhubError(
-            Code.InvalidArgument,
-            `limit ${JSON.stringify(limitParam.slice(0, 20))} must be a whole number from 1 to 100`,
-          );
-        }
-        const response = await backends.search.search({
-          query: url.searchParams.get("q") ?? "",
-          kind,
-          pageSize: limit,
-          cursor: url.searchParams.get("cursor") ?? "",
-        });
-        sendJson(res, 200, toJson(SearchResponseSchema, response));
-      },
     },
     {
       method: "GET",

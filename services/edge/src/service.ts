@@ -1,10 +1,16 @@
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { ServiceHost, ServingStatus, auditStream, closeHttp, listenHttp, type Logger } from "@nearhub/platform";
+import { auditRoutes } from "./audit-routes.js";
 import { connectBackends } from "./backends.js";
 import type { EdgeConfig } from "./config.js";
+import { gitRoutes } from "./git-http.js";
+import { gitMirrorRoutes } from "./git-mirror-api.js";
+import { modelMirrorRoutes } from "./hf-mirror-api.js";
+import { hfMirror } from "./hf-routes.js";
 import { createRouter } from "./router.js";
 import { edgeRoutes } from "./routes.js";
+import { searchRoutes } from "./search-routes.js";
 
 /** A running edge: the service host plus its public HTTP port. */
 export interface Edge {
@@ -31,7 +37,18 @@ export async function startEdge(config: EdgeConfig, options: { logger?: Logger }
       const server = createServer(
         { maxHeaderSize: 16 * 1024, requestTimeout: 300_000, headersTimeout: 15_000 },
         createRouter(
-          edgeRoutes(backends, h.metrics, () => h.health.get() === ServingStatus.SERVING),
+          [
+            ...edgeRoutes(backends, h.metrics, () => h.health.get() === ServingStatus.SERVING),
+            ...searchRoutes(backends),
+            ...auditRoutes(backends),
+            ...gitMirrorRoutes({ backends, config, logger: h.logger }),
+            // Before the git routes: `/gpt2/resolve/main/info/refs` is a file, not a clone.
+            ...(
+              await hfMirror({ backends, config, metrics: h.metrics, logger: h.logger, onStop: (fn) => h.onStop(fn) })
+            ).routes,
+            ...modelMirrorRoutes({ config, metrics: h.metrics, onStop: (fn) => h.onStop(fn) }),
+            ...gitRoutes({ backends, config, metrics: h.metrics, logger: h.logger }),
+          ],
           h.metrics,
         ),
       );

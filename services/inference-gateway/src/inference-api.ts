@@ -1,24 +1,134 @@
-import { Code, NearhubError, ServingStatus, type HealthReporter, type ServiceImpl } from "@nearhub/platform";
-import { type GRPCInferenceService } from "@nearhub/proto/inference";
-import type { ModelRepository } from "./model-repository.js";
+import { setMaxListeners } from "node:events";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import {
+  Code,
+  NearhubError,
+  ServingStatus,
+  codeName,
+  type CallContext,
+  type HealthReporter,
+  type ServiceImpl,
+} from "@nearhub/platform";
+import type { GRPCInferenceService, ModelInferRequest, ModelInferResponseSchema } from "@nearhub/proto/inference";
+import { SpanStatusCode, trace } from "@opentelemetry/api";
+import type { ModelManager } from "./model-manager.js";
+import type { RemoteBackends } from "./remote-backends.js";
+import { recordRequest, type InferenceMetrics } from "./model-statistics.js";
+import { decodeInputs, encodeOutput } from "./tensor-codec.js";
 
 /** The server name and version ServerMetadata reports. */
 export const SERVER_NAME = "nearhub";
 export const SERVER_VERSION = "0.1.0";
 
+const tracer = trace.getTracer("nearhub-inference");
+
+type InferResponse = MessageInitShape<typeof ModelInferResponseSchema>;
+
+/** The most requests one ModelStreamInfer call keeps in flight before it stops reading. */
+const STREAM_WINDOW = 512;
+
 /**
- * inference.GRPCInferenceService (KServe v2 / Triton wire protocol). Liveness, readiness,
- * server metadata and the repository index are answered from the gateway's state;
- * model-addressed calls resolve the model in the repository first.
+ * inference.GRPCInferenceService (KServe v2 / Triton wire protocol) over the model manager:
+ * model-addressed calls resolve the model in the source and load it on first use.
  */
 export function inferenceApi(
-  models: ModelRepository,
+  models: ModelManager,
   health: HealthReporter,
+  metrics: InferenceMetrics,
+  remotes?: RemoteBackends,
 ): ServiceImpl<typeof GRPCInferenceService> {
-  const notServable = (name: string): never => {
-    models.require(name);
-    throw new NearhubError(Code.Unavailable, `model ${name} is not loaded`);
+  /** True when the model is not held here but a remote backend serves it (local models win). */
+  const isRemote = async (name: string, version: string): Promise<boolean> =>
+    remotes !== undefined && remotes.has(name, version) && !(await models.list()).some((m) => m.name === name);
+
+  const requireName = (name: string, field: string): void => {
+    if (!name) throw new NearhubError(Code.InvalidArgument, `${field} is required: name the model to use`);
   };
+
+  async function infer(
+    request: ModelInferRequest,
+    ctx: Pick<CallContext, "deadline" | "signal">,
+  ): Promise<InferResponse> {
+    requireName(request.modelName, "model_name");
+    if (await isRemote(request.modelName, request.modelVersion)) {
+      return (await remotes?.infer(request, ctx.deadline)) as InferResponse;
+    }
+    const started = performance.now();
+    return models.use(request.modelName, request.modelVersion, (model) =>
+      tracer.startActiveSpan(`infer ${model.name}`, async (span) => {
+        const labels = { model: model.name, version: model.version };
+        span.setAttributes({ "inference.model": model.name, "inference.version": model.version });
+        metrics.pending.inc(labels);
+        let rows = 0;
+        let queueMs: number | undefined;
+        try {
+          const { config } = model;
+          const decoded = decodeInputs(request, config.inputs, config.max_batch_size);
+          rows = decoded.batch;
+          const wanted =
+            request.outputs.length > 0 ? request.outputs.map((o) => o.name) : config.outputs.map((o) => o.name);
+          for (const name of wanted) {
+            if (!config.outputs.some((o) => o.name === name)) {
+              throw new NearhubError(
+                Code.InvalidArgument,
+                `requested output ${JSON.stringify(name.slice(0, 64))} is not an output of model ${model.name}; it has ${config.outputs.map((o) => o.name).join(", ")}`,
+              );
+            }
+          }
+          const { outputs, timing } = await model.scheduler.submit({
+            tensors: decoded.tensors,
+            batch: decoded.batch,
+            shapeKey: decoded.shapeKey,
+            deadline: ctx.deadline?.getTime(),
+            signal: ctx.signal,
+          });
+          queueMs = timing.queueMs;
+          span.setAttributes({
+            "inference.batch_rows": rows,
+            "inference.executed_batch_size": timing.batchSize,
+            "inference.queue_us": Math.round(timing.queueMs * 1000),
+            "inference.compute_us": Math.round(timing.computeMs * 1000),
+          });
+          const datatypes = new Map(config.outputs.map((o) => [o.name, o.datatype]));
+          const asRaw =
+            decoded.raw ||
+            wanted.some((n) => datatypes.get(n) === "FP16") ||
+            request.outputs.some((o) => o.parameters["binary_data"]?.parameterChoice.value === true);
+          const response: InferResponse = {
+            modelName: model.name,
+            modelVersion: model.version,
+            id: request.id,
+            outputs: [],
+            rawOutputContents: [],
+          };
+          for (const name of wanted) {
+            const tensor = outputs.find((o) => o.name === name);
+            if (!tensor) throw new NearhubError(Code.Internal, `model ${model.name} did not produce output ${name}`);
+            const encoded = encodeOutput(tensor, datatypes.get(name) ?? "FP32", asRaw);
+            (response.outputs as unknown[]).push(encoded.tensor);
+            if (encoded.raw) (response.rawOutputContents as Uint8Array[]).push(encoded.raw);
+          }
+          const totalMs = performance.now() - started;
+          recordRequest(model.stats, true, totalMs, rows, queueMs);
+          metrics.success.inc(labels);
+          metrics.inferenceCount.inc(labels, rows);
+          metrics.queueUs.inc(labels, Math.round(timing.queueMs * 1000));
+          metrics.requestUs.inc(labels, Math.round(totalMs * 1000));
+          return response;
+        } catch (error) {
+          const e = NearhubError.from(error, Code.Internal);
+          recordRequest(model.stats, false, performance.now() - started, rows, queueMs);
+          metrics.failure.inc({ ...labels, reason: codeName(e.code) });
+          span.setStatus({ code: SpanStatusCode.ERROR, message: e.rawMessage });
+          throw error;
+        } finally {
+          metrics.pending.dec(labels);
+          span.end();
+        }
+      }),
+    );
+  }
+
   return {
     async serverLive() {
       return { live: true };
@@ -27,40 +137,126 @@ export function inferenceApi(
       return { ready: health.get() === ServingStatus.SERVING };
     },
     async modelReady(request) {
-      const model = models.require(request.name, request.version);
-      return { ready: model.state === "READY" };
+      requireName(request.name, "name");
+      if (await isRemote(request.name, request.version)) return { ready: true };
+      const version = await models.resolveVersion(request.name, request.version);
+      return { ready: models.state(request.name, version) === "READY" };
     },
     async serverMetadata() {
       return { name: SERVER_NAME, version: SERVER_VERSION, extensions: ["model_repository", "statistics"] };
     },
     async modelMetadata(request) {
-      const model = models.require(request.name, request.version);
-      return { name: model.name, versions: [model.version], platform: "onnxruntime_onnx", inputs: [], outputs: [] };
+      requireName(request.name, "name");
+      const listing = (await models.list()).find((m) => m.name === request.name);
+      return models.use(request.name, request.version, async (model) => {
+        const batched = model.config.max_batch_size > 0;
+        const tensor = (t: { name: string; datatype: string; dims: number[] }) => ({
+          name: t.name,
+          datatype: t.datatype,
+          shape: (batched ? [-1, ...t.dims] : t.dims).map((d) => BigInt(d)),
+        });
+        return {
+          name: model.name,
+          versions: listing?.versions ?? [model.version],
+          platform: "onnxruntime_onnx",
+          inputs: model.config.inputs.map(tensor),
+          outputs: model.config.outputs.map(tensor),
+        };
+      });
     },
-    async modelInfer(request) {
-      return notServable(request.modelName);
+    modelInfer(request, ctx) {
+      return infer(request, ctx);
     },
-    async *modelStreamInfer(requests) {
-      for await (const request of requests) {
+    async *modelStreamInfer(requests, ctx) {
+      // Requests run concurrently (so they can share batches); responses go out as they finish,
+      // each carrying its request id. A failed request answers error_message and the stream goes on.
+      // Every queued request of the stream listens to the stream's signal.
+      setMaxListeners(STREAM_WINDOW + 16, ctx.signal);
+      const done: Array<{ errorMessage?: string; inferResponse?: InferResponse }> = [];
+      let wake: (() => void) | undefined;
+      let inFlight = 0;
+      let ended = false;
+      let readError: unknown;
+      const notify = () => {
+        const w = wake;
+        wake = undefined;
+        w?.();
+      };
+      const reader = (async () => {
         try {
-          notServable(request.modelName);
+          for await (const request of requests) {
+            while (inFlight >= STREAM_WINDOW) await new Promise<void>((r) => (wake = r));
+            inFlight++;
+            infer(request, { deadline: undefined, signal: ctx.signal })
+              .then(
+                (inferResponse) => done.push({ inferResponse }),
+                (error: unknown) => {
+                  const e = NearhubError.from(error, Code.Internal);
+                  done.push({
+                    errorMessage: `${codeName(e.code)}: ${e.rawMessage}`,
+                    inferResponse: { id: request.id, modelName: request.modelName },
+                  });
+                },
+              )
+              .finally(() => {
+                inFlight--;
+                notify();
+              });
+          }
         } catch (error) {
-          yield { errorMessage: NearhubError.from(error).rawMessage };
+          readError = error;
+        } finally {
+          ended = true;
+          notify();
         }
+      })();
+      while (true) {
+        while (done.length > 0) yield done.shift() as { errorMessage?: string; inferResponse?: InferResponse };
+        if (ended && inFlight === 0) break;
+        await new Promise<void>((r) => (wake = r));
       }
+      await reader;
+      if (readError && !ctx.signal.aborted) throw NearhubError.from(readError, Code.Internal);
     },
     async modelStatistics(request) {
-      const selected = request.name ? [models.require(request.name, request.version)] : models.list();
-      return { modelStats: selected.map((m) => ({ name: m.name, version: m.version })) };
+      if (request.name) await models.resolveVersion(request.name, request.version);
+      const rows = models.statistics(request.name || undefined, request.version || undefined);
+      const d = (x: { count: number; ns: number }) => ({ count: BigInt(x.count), ns: BigInt(x.ns) });
+      return {
+        modelStats: rows.map(({ name, version, stats, memoryBytes }) => ({
+          name,
+          version,
+          lastInference: BigInt(stats.lastInference),
+          inferenceCount: BigInt(stats.inferenceCount),
+          executionCount: BigInt(stats.executionCount),
+          inferenceStats: {
+            success: d(stats.success),
+            fail: d(stats.fail),
+            queue: d(stats.queue),
+            computeInfer: d(stats.computeInfer),
+          },
+          batchStats: [...stats.batches]
+            .sort(([a], [b]) => a - b)
+            .map(([size, dur]) => ({ batchSize: BigInt(size), computeInfer: d(dur) })),
+          memoryUsage: memoryBytes > 0 ? [{ type: "CPU", id: 0n, byteSize: BigInt(memoryBytes) }] : [],
+        })),
+      };
     },
     async repositoryIndex(request) {
-      return { models: models.list(request.ready) };
+      const local = await models.index(request.ready);
+      const remote = (remotes?.index() ?? []).filter((r) => !local.some((l) => l.name === r.name));
+      return { models: [...local, ...remote] };
     },
     async repositoryModelLoad(request) {
-      return notServable(request.modelName);
+      requireName(request.modelName, "model_name");
+      const version = await models.resolveVersion(request.modelName, "");
+      await models.load(request.modelName, version);
+      return {};
     },
     async repositoryModelUnload(request) {
-      models.require(request.modelName);
+      requireName(request.modelName, "model_name");
+      const unloaded = await models.unload(request.modelName);
+      if (unloaded === 0) await models.resolveVersion(request.modelName, "");
       return {};
     },
   };

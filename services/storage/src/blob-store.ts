@@ -17,6 +17,36 @@ export interface BlobStore {
   get(sha256: string, offset: number, length: number | undefined): AsyncIterable<Uint8Array>;
   /** Throws when the backend cannot be used (folder not writable, bucket unreachable). */
   check(): Promise<void>;
+
+  // Chunked (resumable) uploads. The handle is plain JSON kept in the session KV, so any
+  // replica, or this one after a restart, can continue the upload.
+  /** Prepares backend state for a chunked upload of `size` bytes. */
+  beginChunked(sessionId: string, size: number): Promise<ChunkedHandle>;
+  /** Stores one chunk (already verified) at `offset`; returns its S3 part etag ("" on fs). */
+  writeChunk(handle: ChunkedHandle, index: number, offset: number, bytes: Uint8Array): Promise<{ etag: string }>;
+  /**
+   * Assembles the parts, verifies the whole sha256 and size, and makes the blob visible
+   * atomically (nothing visible on a mismatch, which also discards the upload).
+   */
+  completeChunked(handle: ChunkedHandle, expected: BlobStat, parts: ChunkPart[]): Promise<{ created: boolean }>;
+  /** Best-effort removal of an unfinished upload's parts. */
+  abortChunked(handle: ChunkedHandle): Promise<void>;
+  /** A URL that downloads the blob directly; undefined when the backend has none (fs). */
+  presignGet?(sha256: string, expirySeconds: number): Promise<string>;
+  /** Every stored blob (for garbage collection and scrub). */
+  list(): AsyncIterable<BlobStat & { modifiedAt: number }>;
+  /** Removes a blob; false when it was absent. */
+  remove(sha256: string): Promise<boolean>;
+}
+
+/** Backend state of a chunked upload: `{key, uploadId}` on S3, `{path}` on fs. */
+export type ChunkedHandle = Record<string, string>;
+
+/** A stored chunk of a chunked upload. */
+export interface ChunkPart {
+  index: number;
+  etag: string;
+  size: number;
 }
 
 /** Lower-case hex sha256. */

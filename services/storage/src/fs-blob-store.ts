@@ -1,9 +1,9 @@
 import { createHash, randomUUID } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { access, constants, mkdir, open, rename, rm, stat } from "node:fs/promises";
+import { access, constants, mkdir, open, opendir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { Code, NearhubError } from "@nearhub/platform";
-import type { BlobStat, BlobStore } from "./blob-store.js";
+import { SHA256, type BlobStat, type BlobStore, type ChunkPart, type ChunkedHandle } from "./blob-store.js";
 
 /**
  * Blobs in a local folder: `sha256/ab/cd/<sha256>`. An upload is written to `tmp/`, hashed as
@@ -23,6 +23,129 @@ export class FsBlobStore implements BlobStore {
     // Leftovers of uploads cut by a crash are never referenced: clear them.
     await rm(join(this.root, "tmp"), { recursive: true, force: true });
     await mkdir(join(this.root, "tmp"), { recursive: true });
+    // Chunked uploads live in uploads/ and survive restarts; sessions expire and remove theirs.
+    await mkdir(join(this.root, "uploads"), { recursive: true });
+  }
+
+  private uploadPath(handle: ChunkedHandle): string {
+    const id = handle["sessionId"] ?? "";
+    if (!/^[0-9a-f-]{36}$/.test(id))
+      throw new NearhubError(Code.Internal, `bad upload handle ${JSON.stringify(handle)}`);
+    return join(this.root, "uploads", id);
+  }
+
+  async beginChunked(sessionId: string, size: number): Promise<ChunkedHandle> {
+    const handle = { sessionId };
+    await mkdir(join(this.root, "uploads"), { recursive: true });
+    const file = await open(this.uploadPath(handle), "w");
+    try {
+      // Sparse: chunks are written at their offsets in any order.
+      await file.truncate(size);
+      await file.sync();
+    } finally {
+      await file.close();
+    }
+    return handle;
+  }
+
+  async writeChunk(
+    handle: ChunkedHandle,
+    _index: number,
+    offset: number,
+    bytes: Uint8Array,
+  ): Promise<{ etag: string }> {
+    let file;
+    try {
+      file = await open(this.uploadPath(handle), "r+");
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT")
+        throw new NearhubError(
+          Code.NotFound,
+          "the upload's file is gone (the session was aborted or expired); start a new upload",
+        );
+      throw error;
+    }
+    try {
+      let written = 0;
+      while (written < bytes.byteLength) {
+        const { bytesWritten } = await file.write(bytes, written, bytes.byteLength - written, offset + written);
+        written += bytesWritten;
+      }
+      await file.datasync();
+    } finally {
+      await file.close();
+    }
+    return { etag: "" };
+  }
+
+  async completeChunked(handle: ChunkedHandle, expected: BlobStat, _parts: ChunkPart[]): Promise<{ created: boolean }> {
+    const path = this.uploadPath(handle);
+    const target = this.pathOf(expected.sha256);
+    let size: number;
+    try {
+      size = (await stat(path)).size;
+    } catch (error) {
+      // A concurrent completion of the same session already moved it into place.
+      if ((error as NodeJS.ErrnoException).code === "ENOENT" && (await this.stat(expected.sha256)))
+        return { created: false };
+      throw error;
+    }
+    const hash = createHash("sha256");
+    for await (const chunk of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })) hash.update(chunk as Buffer);
+    const actual = hash.digest("hex");
+    if (size !== expected.size || actual !== expected.sha256) {
+      await rm(path, { force: true });
+      throw new NearhubError(
+        Code.InvalidArgument,
+        `the assembled upload has sha256 ${actual} and ${size} bytes, not the declared ${expected.sha256} and ${expected.size}; nothing was stored and the session is discarded`,
+      );
+    }
+    if (await this.stat(expected.sha256)) {
+      await rm(path, { force: true });
+      return { created: false };
+    }
+    await mkdir(join(target, ".."), { recursive: true });
+    try {
+      await rename(path, target);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT" && (await this.stat(expected.sha256)))
+        return { created: false };
+      throw error;
+    }
+    return { created: true };
+  }
+
+  async abortChunked(handle: ChunkedHandle): Promise<void> {
+    await rm(this.uploadPath(handle), { force: true });
+  }
+
+  async *list(): AsyncIterable<BlobStat & { modifiedAt: number }> {
+    const base = join(this.root, "sha256");
+    let top;
+    try {
+      top = await opendir(base);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return;
+      throw error;
+    }
+    for await (const a of top) {
+      if (!a.isDirectory()) continue;
+      for await (const b of await opendir(join(base, a.name))) {
+        if (!b.isDirectory()) continue;
+        for await (const f of await opendir(join(base, a.name, b.name))) {
+          if (!SHA256.test(f.name)) continue;
+          const s = await stat(join(base, a.name, b.name, f.name)).catch(() => undefined);
+          if (s) yield { sha256: f.name, size: s.size, modifiedAt: s.mtimeMs };
+        }
+      }
+    }
+  }
+
+  async remove(sha256: string): Promise<boolean> {
+    const path = this.pathOf(sha256);
+    if (!(await this.stat(sha256))) return false;
+    await rm(path, { force: true });
+    return true;
   }
 
   async stat(sha256: string): Promise<BlobStat | undefined> {
@@ -35,7 +158,11 @@ export class FsBlobStore implements BlobStore {
     }
   }
 
-  async put(expected: BlobStat, chunks: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<{ created: boolean }> {
+  async put(
+    expected: BlobStat,
+    chunks: AsyncIterable<Uint8Array>,
+    signal?: AbortSignal,
+  ): Promise<{ created: boolean }> {
     const tmp = join(this.root, "tmp", randomUUID());
     const hash = createHash("sha256");
     const file = await open(tmp, "wx");
@@ -45,13 +172,19 @@ export class FsBlobStore implements BlobStore {
         signal?.throwIfAborted();
         size += chunk.byteLength;
         if (size > expected.size) {
-          throw new NearhubError(Code.InvalidArgument, `upload is larger than the declared ${expected.size} bytes; nothing was stored`);
+          throw new NearhubError(
+            Code.InvalidArgument,
+            `upload is larger than the declared ${expected.size} bytes; nothing was stored`,
+          );
         }
         hash.update(chunk);
         await file.write(chunk);
       }
       if (size !== expected.size) {
-        throw new NearhubError(Code.InvalidArgument, `upload has ${size} bytes but declared ${expected.size}; nothing was stored`);
+        throw new NearhubError(
+          Code.InvalidArgument,
+          `upload has ${size} bytes but declared ${expected.size}; nothing was stored`,
+        );
       }
       const actual = hash.digest("hex");
       if (actual !== expected.sha256) {

@@ -1,6 +1,13 @@
 export { SHA256 } from "./blob-store.js";
 export type { BlobStat, BlobStore } from "./blob-store.js";
-export { storageEnv } from "./config.js";
-export type { StorageConfig } from "./config.js";
+export { s3Settings, storageEnv } from "./config.js";
+export type { S3Settings, StorageConfig } from "./config.js";
 export { FsBlobStore } from "./fs-blob-store.js";
+export { S3BlobStore } from "./s3-blob-store.js";
+export type { S3BlobStoreOptions } from "./s3-blob-store.js";
 export { blobStoreFor, startStorage } from "./service.js";
+export { Registry, COMMIT } from "./registry.js";
+export { UploadSessions, DEFAULT_CHUNK, MIN_CHUNK } from "./upload-sessions.js";
+export { downloadBlob, hashFile, uploadFile, PIECE } from "./transfer-client.js";
+export type { DownloadOptions, StorageClient, UploadOptions, UploadResult } from "./transfer-client.js";
+export { Maintenance } from "./maintenance.js";

@@ -2,6 +2,7 @@ import { fromJsonString, toJsonString } from "@bufbuild/protobuf";
 import type { KV } from "@nats-io/kv";
 import { Code, NearhubError } from "@nearhub/platform";
 import { MirrorSchema, type Mirror } from "@nearhub/proto/sync";
+import { readAll } from "./kv-snapshot.js";
 
 /** A stored mirror with its KV revision, for compare-and-set updates. */
 export interface StoredMirror {
@@ -53,15 +54,12 @@ export class MirrorStore {
     return true;
   }
 
-  /** Every mirror whose name starts with `prefix`, sorted by name. */
+  /** Every mirror whose name starts with `prefix`, sorted by name (one watcher pass over the bucket). */
   async list(prefix = ""): Promise<Mirror[]> {
-    const keys = await this.kv.keys();
     const out: Mirror[] = [];
-    for await (const key of keys) {
-      const name = nameOf(key);
-      if (!name.startsWith(prefix)) continue;
-      const stored = await this.get(name);
-      if (stored) out.push(stored.mirror);
+    for (const [key, entry] of await readAll(this.kv)) {
+      if (!nameOf(key).startsWith(prefix)) continue;
+      out.push(fromJsonString(MirrorSchema, entry.string()));
     }
     return out.sort((a, b) => a.name.localeCompare(b.name));
   }

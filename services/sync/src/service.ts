@@ -1,13 +1,46 @@
+import { randomUUID } from "node:crypto";
+import type { AddressInfo } from "node:net";
+import { nanos } from "@nats-io/nats-core";
 import { RetentionPolicy, StorageType } from "@nats-io/jetstream";
-import { ServiceHost, auditStream, eventsStream, type Logger } from "@nearhub/platform";
+import {
+  ServiceHost,
+  auditStream,
+  closeHttp,
+  createClient,
+  eventsStream,
+  listenHttp,
+  type Logger,
+} from "@nearhub/platform";
 import { SyncService } from "@nearhub/proto/sync";
+import { ModelMirrorService } from "@nearhub/proto/model-mirror";
+import { RegistryService } from "@nearhub/proto/registry";
+import { StorageService } from "@nearhub/proto/storage";
 import type { SyncConfig } from "./config.js";
+import { GitFetcher } from "./git-fetcher.js";
+import { RepoLayout } from "./git-repo.js";
+import { createGitServer } from "./git-server.js";
+import { ModelMirrors } from "./hf-mirror.js";
 import { MirrorStore } from "./mirror-store.js";
+import { Scheduler } from "./scheduler.js";
+import { StatusStore } from "./status-store.js";
 import { syncApi } from "./sync-api.js";
+import { SyncEngine } from "./sync-engine.js";
+import { SyncMetrics } from "./sync-metrics.js";
 
-/** Starts the sync service: mirror definitions over gRPC, backed by the `mirrors` bucket. */
-export async function startSync(config: SyncConfig, options: { logger?: Logger } = {}): Promise<ServiceHost> {
-  return ServiceHost.start(
+/** The running sync service: its host plus the internal git smart-HTTP port the edge uses. */
+export interface SyncHandle extends ServiceHost {
+  /** Bound port of the internal git smart-HTTP endpoint. */
+  gitHttpPort: number;
+}
+
+/**
+ * Starts the sync service: mirror definitions and status over gRPC (KV buckets `mirrors` and
+ * `mirror-status`), the scheduler and the job workers on `SYNC_JOBS`, and the internal git
+ * smart-HTTP endpoint the edge serves clones from.
+ */
+export async function startSync(config: SyncConfig, options: { logger?: Logger } = {}): Promise<SyncHandle> {
+  let gitHttpPort = -1;
+  const host = await ServiceHost.start(
     {
       name: "sync",
       common: config,
@@ -23,14 +56,111 @@ export async function startSync(config: SyncConfig, options: { logger?: Logger }
             subjects: [names.subject("jobs.sync.>")],
             retention: RetentionPolicy.Workqueue,
             storage: StorageType.File,
+            duplicate_window: nanos(20 * 60 * 1000),
           },
         ],
-        kv: [{ bucket: names.bucket("mirrors"), history: 5 }],
+        kv: [
+          { bucket: names.bucket("mirrors"), history: 5 },
+          { bucket: names.bucket("mirror-status"), history: 1 },
+          { bucket: names.bucket("model-mirrors"), history: 5 },
+        ],
+        consumers: [
+          {
+            stream: names.stream("SYNC_JOBS"),
+            durable: "sync-git",
+            filterSubject: names.subject("jobs.sync.git"),
+            ackWaitMs: 60_000,
+            maxDeliver: 10,
+            maxAckPending: 10_000,
+          },
+        ],
       }),
     },
     async (host) => {
+      const layout = new RepoLayout(config.NEARHUB_DATA_DIR);
+      const leftovers = await layout.recoverLeftovers();
+      if (leftovers > 0) host.logger.info("removed staging folders left by an interrupted sync", { count: leftovers });
       const store = new MirrorStore(await host.bus.kv(host.names.bucket("mirrors")));
-      host.serve(SyncService, syncApi({ store, bus: host.bus, upstreams: config.NEARHUB_GIT_UPSTREAMS }));
+      const status = new StatusStore(await host.bus.kv(host.names.bucket("mirror-status")));
+      const metrics = new SyncMetrics(host.metrics);
+      const fetcher = new GitFetcher({
+        layout,
+        upstreams: config.NEARHUB_GIT_UPSTREAMS,
+        tokens: config.NEARHUB_GIT_TOKENS,
+        lsRemoteTimeoutMs: config.NEARHUB_GIT_LS_REMOTE_TIMEOUT_S * 1000,
+        fetchTimeoutMs: config.NEARHUB_GIT_FETCH_TIMEOUT_S * 1000,
+        cloneTimeoutMs: config.NEARHUB_GIT_CLONE_TIMEOUT_S * 1000,
+        lowSpeedLimit: 1024,
+        lowSpeedTimeS: config.NEARHUB_GIT_LOW_SPEED_TIME_S,
+      });
+      host.serve(
+        SyncService,
+        syncApi({ layout, store, status, bus: host.bus, upstreams: config.NEARHUB_GIT_UPSTREAMS }),
+      );
+
+      const server = createGitServer({ layout, upstreams: config.NEARHUB_GIT_UPSTREAMS, metrics, logger: host.logger });
+      await listenHttp(server, config.NEARHUB_BIND_HOST, config.NEARHUB_GIT_HTTP_PORT);
+      gitHttpPort = (server.address() as AddressInfo).port;
+      host.onStop(() => closeHttp(server));
+
+      const engine = new SyncEngine({
+        bus: host.bus,
+        mirrors: store,
+        status,
+        fetcher,
+        metrics,
+        logger: host.logger,
+        options: {
+          replica: `${process.pid}-${randomUUID().slice(0, 8)}`,
+          concurrency: config.NEARHUB_GIT_SYNC_CONCURRENCY,
+          leaseMs: 90_000,
+          backoffMs: config.NEARHUB_GIT_BACKOFF_S * 1000,
+          maxBackoffMs: config.NEARHUB_GIT_MAX_BACKOFF_S * 1000,
+          maintenanceIntervalMs: config.NEARHUB_GIT_MAINTENANCE_INTERVAL_S * 1000,
+          archiveRetentionS: config.NEARHUB_GIT_ARCHIVE_RETENTION_S,
+          rateLimitBackoffMs: config.NEARHUB_GIT_RATE_LIMIT_BACKOFF_S * 1000,
+        },
+      });
+      await engine.start(host.names.stream("SYNC_JOBS"), "sync-git");
+      host.onStop(() => engine.stop());
+      const scheduler = new Scheduler({
+        bus: host.bus,
+        mirrors: store,
+        status,
+        metrics,
+        logger: host.logger,
+        tickMs: config.NEARHUB_GIT_SCHEDULER_TICK_MS,
+      });
+      scheduler.start();
+      host.onStop(() => scheduler.stop());
+
+      // Scheduled Hugging Face mirrors (`nearhub model add`), written to storage's registry.
+      const storageOptions = { metrics: host.metrics, metadata: { "x-nearhub-caller": "service:sync" } };
+      const registryClient = createClient(RegistryService, config.NEARHUB_STORAGE_ADDR, storageOptions);
+      const storageClient = createClient(StorageService, config.NEARHUB_STORAGE_ADDR, {
+        ...storageOptions,
+        maxMessageBytes: 16 * 1024 * 1024,
+      });
+      const modelMirrors = new ModelMirrors({
+        kv: await host.bus.kv(host.names.bucket("model-mirrors")),
+        bus: host.bus,
+        registry: registryClient,
+        storage: storageClient,
+        upstream: config.NEARHUB_HF_UPSTREAM,
+        ...(config.NEARHUB_HF_TOKEN ? { token: config.NEARHUB_HF_TOKEN } : {}),
+        timeoutMs: config.NEARHUB_HF_UPSTREAM_TIMEOUT_MS,
+        tickMs: config.NEARHUB_HF_MIRROR_TICK_MS,
+        logger: host.logger.child({ component: "model-mirrors" }),
+        metrics: host.metrics,
+      });
+      host.serve(ModelMirrorService, modelMirrors.api());
+      modelMirrors.start();
+      host.onStop(async () => {
+        await modelMirrors.stop();
+        registryClient.$close();
+        storageClient.$close();
+      });
     },
   );
+  return Object.assign(host, { gitHttpPort });
 }

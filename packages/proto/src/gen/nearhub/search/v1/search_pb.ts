@@ -12,7 +12,65 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nearhub/search/v1/search.proto.
  */
 export const file_nearhub_search_v1_search: GenFile = /*@__PURE__*/
-  fileDesc("Ch5uZWFyaHViL3NlYXJjaC92MS9zZWFyY2gucHJvdG8SEW5lYXJodWIuc2VhcmNoLnYxInAKDVNlYXJjaFJlcXVlc3QSDQoFcXVlcnkYASABKAkSLQoEa2luZBgCIAEoDjIfLm5lYXJodWIuc2VhcmNoLnYxLkRvY3VtZW50S2luZBIRCglwYWdlX3NpemUYAyABKA0SDgoGY3Vyc29yGAQgASgJIqkBCglTZWFyY2hIaXQSCgoCaWQYASABKAkSLQoEa2luZBgCIAEoDjIfLm5lYXJodWIuc2VhcmNoLnYxLkRvY3VtZW50S2luZBINCgV0aXRsZRgDIAEoCRITCgtkZXNjcmlwdGlvbhgEIAEoCRINCgVzY29yZRgFIAEoARIuCgp1cGRhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJgCg5TZWFyY2hSZXNwb25zZRIqCgRoaXRzGAEgAygLMhwubmVhcmh1Yi5zZWFyY2gudjEuU2VhcmNoSGl0EhMKC25leHRfY3Vyc29yGAIgASgJEg0KBXRvdGFsGAMgASgEKn0KDERvY3VtZW50S2luZBIdChlET0NVTUVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWRE9DVU1FTlRfS0lORF9HSVRfUkVQTxABEhcKE0RPQ1VNRU5UX0tJTkRfTU9ERUwQAhIZChVET0NVTUVOVF9LSU5EX0RBVEFTRVQQAzJjCg1TZWFyY2hTZXJ2aWNlElIKBlNlYXJjaBIgLm5lYXJodWIuc2VhcmNoLnYxLlNlYXJjaFJlcXVlc3QaIS5uZWFyaHViLnNlYXJjaC52MS5TZWFyY2hSZXNwb25zZSIDkAIBYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch5uZWFyaHViL3NlYXJjaC92MS9zZWFyY2gucHJvdG8SEW5lYXJodWIuc2VhcmNoLnYxIoYBCg1TZWFyY2hGaWx0ZXJzEg4KBmF1dGhvchgBIAEoCRIMCgR0YWdzGAIgAygJEhQKDHBpcGVsaW5lX3RhZxgDIAEoCRIPCgdsaWJyYXJ5GAQgASgJEg8KB2xpY2Vuc2UYBSABKAkSEAoIdXBzdHJlYW0YBiABKAkSDQoFc3RhdGUYByABKAkihAIKDVNlYXJjaFJlcXVlc3QSDQoFcXVlcnkYASABKAkSLQoEa2luZBgCIAEoDjIfLm5lYXJodWIuc2VhcmNoLnYxLkRvY3VtZW50S2luZBIRCglwYWdlX3NpemUYAyABKA0SDgoGY3Vyc29yGAQgASgJEjEKB2ZpbHRlcnMYBSABKAsyIC5uZWFyaHViLnNlYXJjaC52MS5TZWFyY2hGaWx0ZXJzEioKBHNvcnQYBiABKA4yHC5uZWFyaHViLnNlYXJjaC52MS5Tb3J0RmllbGQSMwoJZGlyZWN0aW9uGAcgASgOMiAubmVhcmh1Yi5zZWFyY2gudjEuU29ydERpcmVjdGlvbiInCglGaWxlRW50cnkSDAoEcGF0aBgBIAEoCRIMCgRzaXplGAIgASgEIpEECglTZWFyY2hIaXQSCgoCaWQYASABKAkSLQoEa2luZBgCIAEoDjIfLm5lYXJodWIuc2VhcmNoLnYxLkRvY3VtZW50S2luZBINCgV0aXRsZRgDIAEoCRITCgtkZXNjcmlwdGlvbhgEIAEoCRINCgVzY29yZRgFIAEoARIuCgp1cGRhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZhdXRob3IYByABKAkSDAoEdGFncxgIIAMoCRIUCgxwaXBlbGluZV90YWcYCSABKAkSFAoMbGlicmFyeV9uYW1lGAogASgJEg8KB2xpY2Vuc2UYCyABKAkSEQoJZG93bmxvYWRzGAwgASgEEg0KBWxpa2VzGA0gASgEEi4KCmNyZWF0ZWRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHVwc3RyZWFtGA8gASgJEg0KBXN0YXRlGBAgASgJEhIKCnJlZnNfY291bnQYESABKA0SFgoOZGVmYXVsdF9icmFuY2gYEiABKAkSEgoKc2l6ZV9ieXRlcxgTIAEoBBILCgNzaGEYFCABKAkSKwoFZmlsZXMYFSADKAsyHC5uZWFyaHViLnNlYXJjaC52MS5GaWxlRW50cnkSDwoHcHJpdmF0ZRgWIAEoCBINCgVnYXRlZBgXIAEoCCJgCg5TZWFyY2hSZXNwb25zZRIqCgRoaXRzGAEgAygLMhwubmVhcmh1Yi5zZWFyY2gudjEuU2VhcmNoSGl0EhMKC25leHRfY3Vyc29yGAIgASgJEg0KBXRvdGFsGAMgASgEIl4KDlN1Z2dlc3RSZXF1ZXN0Eg4KBnByZWZpeBgBIAEoCRItCgRraW5kGAIgASgOMh8ubmVhcmh1Yi5zZWFyY2gudjEuRG9jdW1lbnRLaW5kEg0KBWxpbWl0GAMgASgNIlYKClN1Z2dlc3Rpb24SCgoCaWQYASABKAkSLQoEa2luZBgCIAEoDjIfLm5lYXJodWIuc2VhcmNoLnYxLkRvY3VtZW50S2luZBINCgV0aXRsZRgDIAEoCSJFCg9TdWdnZXN0UmVzcG9uc2USMgoLc3VnZ2VzdGlvbnMYASADKAsyHS5uZWFyaHViLnNlYXJjaC52MS5TdWdnZXN0aW9uIhUKE1JlYnVpbGRJbmRleFJlcXVlc3QijwEKFFJlYnVpbGRJbmRleFJlc3BvbnNlEhcKD2V2ZW50c19yZXBsYXllZBgBIAEoBBIUCgxldmVudHNfdG90YWwYAiABKAQSEQoJZG9jdW1lbnRzGAMgASgEEgwKBGRvbmUYBCABKAgSEgoKaW5kZXhfbmFtZRgFIAEoCRITCgtkdXJhdGlvbl9tcxgGIAEoBCp9CgxEb2N1bWVudEtpbmQSHQoZRE9DVU1FTlRfS0lORF9VTlNQRUNJRklFRBAAEhoKFkRPQ1VNRU5UX0tJTkRfR0lUX1JFUE8QARIXChNET0NVTUVOVF9LSU5EX01PREVMEAISGQoVRE9DVU1FTlRfS0lORF9EQVRBU0VUEAMqtgEKCVNvcnRGaWVsZBIaChZTT1JUX0ZJRUxEX1VOU1BFQ0lGSUVEEAASGAoUU09SVF9GSUVMRF9SRUxFVkFOQ0UQARIYChRTT1JUX0ZJRUxEX0RPV05MT0FEUxACEhYKElNPUlRfRklFTERfVVBEQVRFRBADEhMKD1NPUlRfRklFTERfTkFNRRAEEhQKEFNPUlRfRklFTERfTElLRVMQBRIWChJTT1JUX0ZJRUxEX0NSRUFURUQQBipgCg1Tb3J0RGlyZWN0aW9uEh4KGlNPUlRfRElSRUNUSU9OX1VOU1BFQ0lGSUVEEAASFgoSU09SVF9ESVJFQ1RJT05fQVNDEAESFwoTU09SVF9ESVJFQ1RJT05fREVTQxACMp0CCg1TZWFyY2hTZXJ2aWNlElIKBlNlYXJjaBIgLm5lYXJodWIuc2VhcmNoLnYxLlNlYXJjaFJlcXVlc3QaIS5uZWFyaHViLnNlYXJjaC52MS5TZWFyY2hSZXNwb25zZSIDkAIBElUKB1N1Z2dlc3QSIS5uZWFyaHViLnNlYXJjaC52MS5TdWdnZXN0UmVxdWVzdBoiLm5lYXJodWIuc2VhcmNoLnYxLlN1Z2dlc3RSZXNwb25zZSIDkAIBEmEKDFJlYnVpbGRJbmRleBImLm5lYXJodWIuc2VhcmNoLnYxLlJlYnVpbGRJbmRleFJlcXVlc3QaJy5uZWFyaHViLnNlYXJjaC52MS5SZWJ1aWxkSW5kZXhSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_timestamp]);
+
+/**
+ * Every set field must match (AND); an empty field does not filter.
+ *
+ * @generated from message nearhub.search.v1.SearchFilters
+ */
+export type SearchFilters = Message<"nearhub.search.v1.SearchFilters"> & {
+  /**
+   * Owner of a model or dataset (`acme` of `acme/rocket`), or of a git repository.
+   *
+   * @generated from field: string author = 1;
+   */
+  author: string;
+
+  /**
+   * Every tag must be present. Library, pipeline tag and `license:<id>` count as tags, as on
+   * the Hugging Face Hub.
+   *
+   * @generated from field: repeated string tags = 2;
+   */
+  tags: string[];
+
+  /**
+   * @generated from field: string pipeline_tag = 3;
+   */
+  pipelineTag: string;
+
+  /**
+   * @generated from field: string library = 4;
+   */
+  library: string;
+
+  /**
+   * @generated from field: string license = 5;
+   */
+  license: string;
+
+  /**
+   * Git upstream host, e.g. `github.com`.
+   *
+   * @generated from field: string upstream = 6;
+   */
+  upstream: string;
+
+  /**
+   * Git mirror state, e.g. `in_sync`, `failed`.
+   *
+   * @generated from field: string state = 7;
+   */
+  state: string;
+};
+
+/**
+ * Describes the message nearhub.search.v1.SearchFilters.
+ * Use `create(SearchFiltersSchema)` to create a new message.
+ */
+export const SearchFiltersSchema: GenMessage<SearchFilters> = /*@__PURE__*/
+  messageDesc(file_nearhub_search_v1_search, 0);
 
 /**
  * @generated from message nearhub.search.v1.SearchRequest
@@ -38,11 +96,26 @@ export type SearchRequest = Message<"nearhub.search.v1.SearchRequest"> & {
   pageSize: number;
 
   /**
-   * Opaque, from a previous response's next_cursor.
+   * Opaque, from a previous response's next_cursor (with the same query, filters and sort).
    *
    * @generated from field: string cursor = 4;
    */
   cursor: string;
+
+  /**
+   * @generated from field: nearhub.search.v1.SearchFilters filters = 5;
+   */
+  filters?: SearchFilters | undefined;
+
+  /**
+   * @generated from field: nearhub.search.v1.SortField sort = 6;
+   */
+  sort: SortField;
+
+  /**
+   * @generated from field: nearhub.search.v1.SortDirection direction = 7;
+   */
+  direction: SortDirection;
 };
 
 /**
@@ -50,7 +123,31 @@ export type SearchRequest = Message<"nearhub.search.v1.SearchRequest"> & {
  * Use `create(SearchRequestSchema)` to create a new message.
  */
 export const SearchRequestSchema: GenMessage<SearchRequest> = /*@__PURE__*/
-  messageDesc(file_nearhub_search_v1_search, 0);
+  messageDesc(file_nearhub_search_v1_search, 1);
+
+/**
+ * A file of a model or dataset revision.
+ *
+ * @generated from message nearhub.search.v1.FileEntry
+ */
+export type FileEntry = Message<"nearhub.search.v1.FileEntry"> & {
+  /**
+   * @generated from field: string path = 1;
+   */
+  path: string;
+
+  /**
+   * @generated from field: uint64 size = 2;
+   */
+  size: bigint;
+};
+
+/**
+ * Describes the message nearhub.search.v1.FileEntry.
+ * Use `create(FileEntrySchema)` to create a new message.
+ */
+export const FileEntrySchema: GenMessage<FileEntry> = /*@__PURE__*/
+  messageDesc(file_nearhub_search_v1_search, 2);
 
 /**
  * @generated from message nearhub.search.v1.SearchHit
@@ -85,6 +182,95 @@ export type SearchHit = Message<"nearhub.search.v1.SearchHit"> & {
    * @generated from field: google.protobuf.Timestamp updated_at = 6;
    */
   updatedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string author = 7;
+   */
+  author: string;
+
+  /**
+   * @generated from field: repeated string tags = 8;
+   */
+  tags: string[];
+
+  /**
+   * @generated from field: string pipeline_tag = 9;
+   */
+  pipelineTag: string;
+
+  /**
+   * @generated from field: string library_name = 10;
+   */
+  libraryName: string;
+
+  /**
+   * @generated from field: string license = 11;
+   */
+  license: string;
+
+  /**
+   * @generated from field: uint64 downloads = 12;
+   */
+  downloads: bigint;
+
+  /**
+   * @generated from field: uint64 likes = 13;
+   */
+  likes: bigint;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 14;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * Git repositories: upstream host, mirror state, refs count and default branch.
+   *
+   * @generated from field: string upstream = 15;
+   */
+  upstream: string;
+
+  /**
+   * @generated from field: string state = 16;
+   */
+  state: string;
+
+  /**
+   * @generated from field: uint32 refs_count = 17;
+   */
+  refsCount: number;
+
+  /**
+   * @generated from field: string default_branch = 18;
+   */
+  defaultBranch: string;
+
+  /**
+   * @generated from field: uint64 size_bytes = 19;
+   */
+  sizeBytes: bigint;
+
+  /**
+   * Models and datasets: the revision's commit and its files.
+   *
+   * @generated from field: string sha = 20;
+   */
+  sha: string;
+
+  /**
+   * @generated from field: repeated nearhub.search.v1.FileEntry files = 21;
+   */
+  files: FileEntry[];
+
+  /**
+   * @generated from field: bool private = 22;
+   */
+  private: boolean;
+
+  /**
+   * @generated from field: bool gated = 23;
+   */
+  gated: boolean;
 };
 
 /**
@@ -92,7 +278,7 @@ export type SearchHit = Message<"nearhub.search.v1.SearchHit"> & {
  * Use `create(SearchHitSchema)` to create a new message.
  */
 export const SearchHitSchema: GenMessage<SearchHit> = /*@__PURE__*/
-  messageDesc(file_nearhub_search_v1_search, 1);
+  messageDesc(file_nearhub_search_v1_search, 3);
 
 /**
  * @generated from message nearhub.search.v1.SearchResponse
@@ -109,6 +295,9 @@ export type SearchResponse = Message<"nearhub.search.v1.SearchResponse"> & {
   nextCursor: string;
 
   /**
+   * Matches, counted exactly up to 10,000 and reported as 10,000 beyond (only the first
+   * 10,000 results can be paged through; narrow the query to see others).
+   *
    * @generated from field: uint64 total = 3;
    */
   total: bigint;
@@ -119,7 +308,143 @@ export type SearchResponse = Message<"nearhub.search.v1.SearchResponse"> & {
  * Use `create(SearchResponseSchema)` to create a new message.
  */
 export const SearchResponseSchema: GenMessage<SearchResponse> = /*@__PURE__*/
-  messageDesc(file_nearhub_search_v1_search, 2);
+  messageDesc(file_nearhub_search_v1_search, 4);
+
+/**
+ * @generated from message nearhub.search.v1.SuggestRequest
+ */
+export type SuggestRequest = Message<"nearhub.search.v1.SuggestRequest"> & {
+  /**
+   * @generated from field: string prefix = 1;
+   */
+  prefix: string;
+
+  /**
+   * @generated from field: nearhub.search.v1.DocumentKind kind = 2;
+   */
+  kind: DocumentKind;
+
+  /**
+   * At most 20; 0 means 10.
+   *
+   * @generated from field: uint32 limit = 3;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message nearhub.search.v1.SuggestRequest.
+ * Use `create(SuggestRequestSchema)` to create a new message.
+ */
+export const SuggestRequestSchema: GenMessage<SuggestRequest> = /*@__PURE__*/
+  messageDesc(file_nearhub_search_v1_search, 5);
+
+/**
+ * @generated from message nearhub.search.v1.Suggestion
+ */
+export type Suggestion = Message<"nearhub.search.v1.Suggestion"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: nearhub.search.v1.DocumentKind kind = 2;
+   */
+  kind: DocumentKind;
+
+  /**
+   * @generated from field: string title = 3;
+   */
+  title: string;
+};
+
+/**
+ * Describes the message nearhub.search.v1.Suggestion.
+ * Use `create(SuggestionSchema)` to create a new message.
+ */
+export const SuggestionSchema: GenMessage<Suggestion> = /*@__PURE__*/
+  messageDesc(file_nearhub_search_v1_search, 6);
+
+/**
+ * @generated from message nearhub.search.v1.SuggestResponse
+ */
+export type SuggestResponse = Message<"nearhub.search.v1.SuggestResponse"> & {
+  /**
+   * @generated from field: repeated nearhub.search.v1.Suggestion suggestions = 1;
+   */
+  suggestions: Suggestion[];
+};
+
+/**
+ * Describes the message nearhub.search.v1.SuggestResponse.
+ * Use `create(SuggestResponseSchema)` to create a new message.
+ */
+export const SuggestResponseSchema: GenMessage<SuggestResponse> = /*@__PURE__*/
+  messageDesc(file_nearhub_search_v1_search, 7);
+
+/**
+ * @generated from message nearhub.search.v1.RebuildIndexRequest
+ */
+export type RebuildIndexRequest = Message<"nearhub.search.v1.RebuildIndexRequest"> & {
+};
+
+/**
+ * Describes the message nearhub.search.v1.RebuildIndexRequest.
+ * Use `create(RebuildIndexRequestSchema)` to create a new message.
+ */
+export const RebuildIndexRequestSchema: GenMessage<RebuildIndexRequest> = /*@__PURE__*/
+  messageDesc(file_nearhub_search_v1_search, 8);
+
+/**
+ * Progress while the new index fills, then one message with done = true.
+ *
+ * @generated from message nearhub.search.v1.RebuildIndexResponse
+ */
+export type RebuildIndexResponse = Message<"nearhub.search.v1.RebuildIndexResponse"> & {
+  /**
+   * Events replayed so far, of events_total.
+   *
+   * @generated from field: uint64 events_replayed = 1;
+   */
+  eventsReplayed: bigint;
+
+  /**
+   * @generated from field: uint64 events_total = 2;
+   */
+  eventsTotal: bigint;
+
+  /**
+   * Live documents in the new index (set on the last message).
+   *
+   * @generated from field: uint64 documents = 3;
+   */
+  documents: bigint;
+
+  /**
+   * @generated from field: bool done = 4;
+   */
+  done: boolean;
+
+  /**
+   * The backend's name of the new index (a file or an Elasticsearch index).
+   *
+   * @generated from field: string index_name = 5;
+   */
+  indexName: string;
+
+  /**
+   * @generated from field: uint64 duration_ms = 6;
+   */
+  durationMs: bigint;
+};
+
+/**
+ * Describes the message nearhub.search.v1.RebuildIndexResponse.
+ * Use `create(RebuildIndexResponseSchema)` to create a new message.
+ */
+export const RebuildIndexResponseSchema: GenMessage<RebuildIndexResponse> = /*@__PURE__*/
+  messageDesc(file_nearhub_search_v1_search, 9);
 
 /**
  * @generated from enum nearhub.search.v1.DocumentKind
@@ -153,6 +478,82 @@ export const DocumentKindSchema: GenEnum<DocumentKind> = /*@__PURE__*/
   enumDesc(file_nearhub_search_v1_search, 0);
 
 /**
+ * @generated from enum nearhub.search.v1.SortField
+ */
+export enum SortField {
+  /**
+   * Relevance when there is query text, else most recently updated first.
+   *
+   * @generated from enum value: SORT_FIELD_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: SORT_FIELD_RELEVANCE = 1;
+   */
+  RELEVANCE = 1,
+
+  /**
+   * @generated from enum value: SORT_FIELD_DOWNLOADS = 2;
+   */
+  DOWNLOADS = 2,
+
+  /**
+   * @generated from enum value: SORT_FIELD_UPDATED = 3;
+   */
+  UPDATED = 3,
+
+  /**
+   * @generated from enum value: SORT_FIELD_NAME = 4;
+   */
+  NAME = 4,
+
+  /**
+   * @generated from enum value: SORT_FIELD_LIKES = 5;
+   */
+  LIKES = 5,
+
+  /**
+   * @generated from enum value: SORT_FIELD_CREATED = 6;
+   */
+  CREATED = 6,
+}
+
+/**
+ * Describes the enum nearhub.search.v1.SortField.
+ */
+export const SortFieldSchema: GenEnum<SortField> = /*@__PURE__*/
+  enumDesc(file_nearhub_search_v1_search, 1);
+
+/**
+ * @generated from enum nearhub.search.v1.SortDirection
+ */
+export enum SortDirection {
+  /**
+   * The natural direction of the field: descending, except ascending for NAME.
+   *
+   * @generated from enum value: SORT_DIRECTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: SORT_DIRECTION_ASC = 1;
+   */
+  ASC = 1,
+
+  /**
+   * @generated from enum value: SORT_DIRECTION_DESC = 2;
+   */
+  DESC = 2,
+}
+
+/**
+ * Describes the enum nearhub.search.v1.SortDirection.
+ */
+export const SortDirectionSchema: GenEnum<SortDirection> = /*@__PURE__*/
+  enumDesc(file_nearhub_search_v1_search, 2);
+
+/**
  * SearchService answers queries over every mirrored repository and model.
  *
  * @generated from service nearhub.search.v1.SearchService
@@ -165,6 +566,27 @@ export const SearchService: GenService<{
     methodKind: "unary";
     input: typeof SearchRequestSchema;
     output: typeof SearchResponseSchema;
+  },
+  /**
+   * Completions for search-as-you-type: ids and titles that start with the prefix.
+   *
+   * @generated from rpc nearhub.search.v1.SearchService.Suggest
+   */
+  suggest: {
+    methodKind: "unary";
+    input: typeof SuggestRequestSchema;
+    output: typeof SuggestResponseSchema;
+  },
+  /**
+   * Builds a fresh index by replaying the events stream, then switches reads to it at once:
+   * queries keep answering from the old index until the new one is complete.
+   *
+   * @generated from rpc nearhub.search.v1.SearchService.RebuildIndex
+   */
+  rebuildIndex: {
+    methodKind: "server_streaming";
+    input: typeof RebuildIndexRequestSchema;
+    output: typeof RebuildIndexResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_nearhub_search_v1_search, 0);

@@ -4,13 +4,15 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file nearhub/storage/v1/storage.proto.
  */
 export const file_nearhub_storage_v1_storage: GenFile = /*@__PURE__*/
-  fileDesc("CiBuZWFyaHViL3N0b3JhZ2UvdjEvc3RvcmFnZS5wcm90bxISbmVhcmh1Yi5zdG9yYWdlLnYxIigKCEJsb2JJbmZvEg4KBnNoYTI1NhgBIAEoCRIMCgRzaXplGAIgASgEIiEKD1N0YXRCbG9iUmVxdWVzdBIOCgZzaGEyNTYYASABKAkiPgoQU3RhdEJsb2JSZXNwb25zZRIqCgRibG9iGAEgASgLMhwubmVhcmh1Yi5zdG9yYWdlLnYxLkJsb2JJbmZvIiEKD0hhc0Jsb2JzUmVxdWVzdBIOCgZzaGEyNTYYASADKAkiIwoQSGFzQmxvYnNSZXNwb25zZRIPCgdwcmVzZW50GAEgAygJIlkKDlB1dEJsb2JSZXF1ZXN0Ei4KBmhlYWRlchgBIAEoCzIcLm5lYXJodWIuc3RvcmFnZS52MS5CbG9iSW5mb0gAEg8KBWNodW5rGAIgASgMSABCBgoEcGFydCJOCg9QdXRCbG9iUmVzcG9uc2USKgoEYmxvYhgBIAEoCzIcLm5lYXJodWIuc3RvcmFnZS52MS5CbG9iSW5mbxIPCgdjcmVhdGVkGAIgASgIIkAKDkdldEJsb2JSZXF1ZXN0Eg4KBnNoYTI1NhgBIAEoCRIOCgZvZmZzZXQYAiABKAQSDgoGbGVuZ3RoGAMgASgEIiAKD0dldEJsb2JSZXNwb25zZRINCgVjaHVuaxgBIAEoDCI9Cg9CbG9iU3RvcmVkRXZlbnQSKgoEYmxvYhgBIAEoCzIcLm5lYXJodWIuc3RvcmFnZS52MS5CbG9iSW5mbzL5AgoOU3RvcmFnZVNlcnZpY2USWgoIU3RhdEJsb2ISIy5uZWFyaHViLnN0b3JhZ2UudjEuU3RhdEJsb2JSZXF1ZXN0GiQubmVhcmh1Yi5zdG9yYWdlLnYxLlN0YXRCbG9iUmVzcG9uc2UiA5ACARJaCghIYXNCbG9icxIjLm5lYXJodWIuc3RvcmFnZS52MS5IYXNCbG9ic1JlcXVlc3QaJC5uZWFyaHViLnN0b3JhZ2UudjEuSGFzQmxvYnNSZXNwb25zZSIDkAIBElQKB1B1dEJsb2ISIi5uZWFyaHViLnN0b3JhZ2UudjEuUHV0QmxvYlJlcXVlc3QaIy5uZWFyaHViLnN0b3JhZ2UudjEuUHV0QmxvYlJlc3BvbnNlKAESWQoHR2V0QmxvYhIiLm5lYXJodWIuc3RvcmFnZS52MS5HZXRCbG9iUmVxdWVzdBojLm5lYXJodWIuc3RvcmFnZS52MS5HZXRCbG9iUmVzcG9uc2UiA5ACATABYgZwcm90bzM");
+  fileDesc("CiBuZWFyaHViL3N0b3JhZ2UvdjEvc3RvcmFnZS5wcm90bxISbmVhcmh1Yi5zdG9yYWdlLnYxIigKCEJsb2JJbmZvEg4KBnNoYTI1NhgBIAEoCRIMCgRzaXplGAIgASgEIiEKD1N0YXRCbG9iUmVxdWVzdBIOCgZzaGEyNTYYASABKAkiPgoQU3RhdEJsb2JSZXNwb25zZRIqCgRibG9iGAEgASgLMhwubmVhcmh1Yi5zdG9yYWdlLnYxLkJsb2JJbmZvIiEKD0hhc0Jsb2JzUmVxdWVzdBIOCgZzaGEyNTYYASADKAkiIwoQSGFzQmxvYnNSZXNwb25zZRIPCgdwcmVzZW50GAEgAygJIlkKDlB1dEJsb2JSZXF1ZXN0Ei4KBmhlYWRlchgBIAEoCzIcLm5lYXJodWIuc3RvcmFnZS52MS5CbG9iSW5mb0gAEg8KBWNodW5rGAIgASgMSABCBgoEcGFydCJOCg9QdXRCbG9iUmVzcG9uc2USKgoEYmxvYhgBIAEoCzIcLm5lYXJodWIuc3RvcmFnZS52MS5CbG9iSW5mbxIPCgdjcmVhdGVkGAIgASgIIkAKDkdldEJsb2JSZXF1ZXN0Eg4KBnNoYTI1NhgBIAEoCRIOCgZvZmZzZXQYAiABKAQSDgoGbGVuZ3RoGAMgASgEIiAKD0dldEJsb2JSZXNwb25zZRINCgVjaHVuaxgBIAEoDCI7ChFQcmVzaWduR2V0UmVxdWVzdBIOCgZzaGEyNTYYASABKAkSFgoOZXhwaXJ5X3NlY29uZHMYAiABKA0iUQoSUHJlc2lnbkdldFJlc3BvbnNlEgsKA3VybBgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLcAQoNVXBsb2FkU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEg4KBnNoYTI1NhgCIAEoCRIMCgRzaXplGAMgASgEEhIKCmNodW5rX3NpemUYBCABKAQSEwoLY2h1bmtfY291bnQYBSABKA0SEAoIcmVjZWl2ZWQYBiADKA0SLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRgoSU3RhcnRVcGxvYWRSZXF1ZXN0Eg4KBnNoYTI1NhgBIAEoCRIMCgRzaXplGAIgASgEEhIKCmNodW5rX3NpemUYAyABKAQiYQoTU3RhcnRVcGxvYWRSZXNwb25zZRIyCgdzZXNzaW9uGAEgASgLMiEubmVhcmh1Yi5zdG9yYWdlLnYxLlVwbG9hZFNlc3Npb24SFgoOYWxyZWFkeV9zdG9yZWQYAiABKAgiRgoRVXBsb2FkQ2h1bmtIZWFkZXISEgoKc2Vzc2lvbl9pZBgBIAEoCRINCgVpbmRleBgCIAEoDRIOCgZzaGEyNTYYAyABKAkiZQoSVXBsb2FkQ2h1bmtSZXF1ZXN0EjcKBmhlYWRlchgBIAEoCzIlLm5lYXJodWIuc3RvcmFnZS52MS5VcGxvYWRDaHVua0hlYWRlckgAEg4KBGRhdGEYAiABKAxIAEIGCgRwYXJ0IkwKE1VwbG9hZENodW5rUmVzcG9uc2USDQoFaW5kZXgYASABKA0SDgoGc3RvcmVkGAIgASgIEhYKDnJlY2VpdmVkX2NvdW50GAMgASgNIiwKFkdldFVwbG9hZFN0YXR1c1JlcXVlc3QSEgoKc2Vzc2lvbl9pZBgBIAEoCSJNChdHZXRVcGxvYWRTdGF0dXNSZXNwb25zZRIyCgdzZXNzaW9uGAEgASgLMiEubmVhcmh1Yi5zdG9yYWdlLnYxLlVwbG9hZFNlc3Npb24iKwoVQ29tcGxldGVVcGxvYWRSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiVQoWQ29tcGxldGVVcGxvYWRSZXNwb25zZRIqCgRibG9iGAEgASgLMhwubmVhcmh1Yi5zdG9yYWdlLnYxLkJsb2JJbmZvEg8KB2NyZWF0ZWQYAiABKAgiKAoSQWJvcnRVcGxvYWRSZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiJgoTQWJvcnRVcGxvYWRSZXNwb25zZRIPCgdhYm9ydGVkGAEgASgIIj0KD0Jsb2JTdG9yZWRFdmVudBIqCgRibG9iGAEgASgLMhwubmVhcmh1Yi5zdG9yYWdlLnYxLkJsb2JJbmZvImoKEEJsb2JDb3JydXB0RXZlbnQSKgoEYmxvYhgBIAEoCzIcLm5lYXJodWIuc3RvcmFnZS52MS5CbG9iSW5mbxIVCg1hY3R1YWxfc2hhMjU2GAIgASgJEhMKC2FjdHVhbF9zaXplGAMgASgEMuEHCg5TdG9yYWdlU2VydmljZRJaCghTdGF0QmxvYhIjLm5lYXJodWIuc3RvcmFnZS52MS5TdGF0QmxvYlJlcXVlc3QaJC5uZWFyaHViLnN0b3JhZ2UudjEuU3RhdEJsb2JSZXNwb25zZSIDkAIBEloKCEhhc0Jsb2JzEiMubmVhcmh1Yi5zdG9yYWdlLnYxLkhhc0Jsb2JzUmVxdWVzdBokLm5lYXJodWIuc3RvcmFnZS52MS5IYXNCbG9ic1Jlc3BvbnNlIgOQAgESVAoHUHV0QmxvYhIiLm5lYXJodWIuc3RvcmFnZS52MS5QdXRCbG9iUmVxdWVzdBojLm5lYXJodWIuc3RvcmFnZS52MS5QdXRCbG9iUmVzcG9uc2UoARJZCgdHZXRCbG9iEiIubmVhcmh1Yi5zdG9yYWdlLnYxLkdldEJsb2JSZXF1ZXN0GiMubmVhcmh1Yi5zdG9yYWdlLnYxLkdldEJsb2JSZXNwb25zZSIDkAIBMAESYAoKUHJlc2lnbkdldBIlLm5lYXJodWIuc3RvcmFnZS52MS5QcmVzaWduR2V0UmVxdWVzdBomLm5lYXJodWIuc3RvcmFnZS52MS5QcmVzaWduR2V0UmVzcG9uc2UiA5ACARJeCgtTdGFydFVwbG9hZBImLm5lYXJodWIuc3RvcmFnZS52MS5TdGFydFVwbG9hZFJlcXVlc3QaJy5uZWFyaHViLnN0b3JhZ2UudjEuU3RhcnRVcGxvYWRSZXNwb25zZRJgCgtVcGxvYWRDaHVuaxImLm5lYXJodWIuc3RvcmFnZS52MS5VcGxvYWRDaHVua1JlcXVlc3QaJy5uZWFyaHViLnN0b3JhZ2UudjEuVXBsb2FkQ2h1bmtSZXNwb25zZSgBEm8KD0dldFVwbG9hZFN0YXR1cxIqLm5lYXJodWIuc3RvcmFnZS52MS5HZXRVcGxvYWRTdGF0dXNSZXF1ZXN0GisubmVhcmh1Yi5zdG9yYWdlLnYxLkdldFVwbG9hZFN0YXR1c1Jlc3BvbnNlIgOQAgESbAoOQ29tcGxldGVVcGxvYWQSKS5uZWFyaHViLnN0b3JhZ2UudjEuQ29tcGxldGVVcGxvYWRSZXF1ZXN0GioubmVhcmh1Yi5zdG9yYWdlLnYxLkNvbXBsZXRlVXBsb2FkUmVzcG9uc2UiA5ACAhJjCgtBYm9ydFVwbG9hZBImLm5lYXJodWIuc3RvcmFnZS52MS5BYm9ydFVwbG9hZFJlcXVlc3QaJy5uZWFyaHViLnN0b3JhZ2UudjEuQWJvcnRVcGxvYWRSZXNwb25zZSIDkAICYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message nearhub.storage.v1.BlobInfo
@@ -206,6 +208,360 @@ export const GetBlobResponseSchema: GenMessage<GetBlobResponse> = /*@__PURE__*/
   messageDesc(file_nearhub_storage_v1_storage, 8);
 
 /**
+ * @generated from message nearhub.storage.v1.PresignGetRequest
+ */
+export type PresignGetRequest = Message<"nearhub.storage.v1.PresignGetRequest"> & {
+  /**
+   * @generated from field: string sha256 = 1;
+   */
+  sha256: string;
+
+  /**
+   * 1 s to 7 days; 3600 when 0.
+   *
+   * @generated from field: uint32 expiry_seconds = 2;
+   */
+  expirySeconds: number;
+};
+
+/**
+ * Describes the message nearhub.storage.v1.PresignGetRequest.
+ * Use `create(PresignGetRequestSchema)` to create a new message.
+ */
+export const PresignGetRequestSchema: GenMessage<PresignGetRequest> = /*@__PURE__*/
+  messageDesc(file_nearhub_storage_v1_storage, 9);
+
+/**
+ * @generated from message nearhub.storage.v1.PresignGetResponse
+ */
+export type PresignGetResponse = Message<"nearhub.storage.v1.PresignGetResponse"> & {
+  /**
+   * @generated from field: string url = 1;
+   */
+  url: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp expires_at = 2;
+   */
+  expiresAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message nearhub.storage.v1.PresignGetResponse.
+ * Use `create(PresignGetResponseSchema)` to create a new message.
+ */
+export const PresignGetResponseSchema: GenMessage<PresignGetResponse> = /*@__PURE__*/
+  messageDesc(file_nearhub_storage_v1_storage, 10);
+
+/**
+ * @generated from message nearhub.storage.v1.UploadSession
+ */
+export type UploadSession = Message<"nearhub.storage.v1.UploadSession"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: string sha256 = 2;
+   */
+  sha256: string;
+
+  /**
+   * @generated from field: uint64 size = 3;
+   */
+  size: bigint;
+
+  /**
+   * @generated from field: uint64 chunk_size = 4;
+   */
+  chunkSize: bigint;
+
+  /**
+   * @generated from field: uint32 chunk_count = 5;
+   */
+  chunkCount: number;
+
+  /**
+   * Indexes of the chunks stored so far, ascending.
+   *
+   * @generated from field: repeated uint32 received = 6;
+   */
+  received: number[];
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 7;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * The session is removed with its chunks if it is idle until then.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 8;
+   */
+  expiresAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message nearhub.storage.v1.UploadSession.
+ * Use `create(UploadSessionSchema)` to create a new message.
+ */
+export const UploadSessionSchema: GenMessage<UploadSession> = /*@__PURE__*/
+  messageDesc(file_nearhub_storage_v1_storage, 11);
+
+/**
+ * @generated from message nearhub.storage.v1.StartUploadRequest
+ */
+export type StartUploadRequest = Message<"nearhub.storage.v1.StartUploadRequest"> & {
+  /**
+   * @generated from field: string sha256 = 1;
+   */
+  sha256: string;
+
+  /**
+   * @generated from field: uint64 size = 2;
+   */
+  size: bigint;
+
+  /**
+   * 5 MiB to 512 MiB (S3's part limits); 64 MiB when 0. An open session for the same blob
+   * keeps its own chunk size: use the one in the response.
+   *
+   * @generated from field: uint64 chunk_size = 3;
+   */
+  chunkSize: bigint;
+};
+
+/**
+ * Describes the message nearhub.storage.v1.StartUploadRequest.
+ * Use `create(StartUploadRequestSchema)` to create a new message.
+ */
+export const StartUploadRequestSchema: GenMessage<StartUploadRequest> = /*@__PURE__*/
+  messageDesc(file_nearhub_storage_v1_storage, 12);
+
+/**
+ * @generated from message nearhub.storage.v1.StartUploadResponse
+ */
+export type StartUploadResponse = Message<"nearhub.storage.v1.StartUploadResponse"> & {
+  /**
+   * Absent when the blob is already stored (nothing to upload).
+   *
+   * @generated from field: nearhub.storage.v1.UploadSession session = 1;
+   */
+  session?: UploadSession | undefined;
+
+  /**
+   * @generated from field: bool already_stored = 2;
+   */
+  alreadyStored: boolean;
+};
+
+/**
+ * Describes the message nearhub.storage.v1.StartUploadResponse.
+ * Use `create(StartUploadResponseSchema)` to create a new message.
+ */
+export const StartUploadResponseSchema: GenMessage<StartUploadResponse> = /*@__PURE__*/
+  messageDesc(file_nearhub_storage_v1_storage, 13);
+
+/**
+ * @generated from message nearhub.storage.v1.UploadChunkHeader
+ */
+export type UploadChunkHeader = Message<"nearhub.storage.v1.UploadChunkHeader"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: uint32 index = 2;
+   */
+  index: number;
+
+  /**
+   * sha256 of this chunk's bytes; a chunk that does not match is refused (DATA_LOSS).
+   *
+   * @generated from field: string sha256 = 3;
+   */
+  sha256: string;
+};
+
+/**
+ * Describes the message nearhub.storage.v1.UploadChunkHeader.
+ * Use `create(UploadChunkHeaderSchema)` to create a new message.
+ */
+export const UploadChunkHeaderSchema: GenMessage<UploadChunkHeader> = /*@__PURE__*/
+  messageDesc(file_nearhub_storage_v1_storage, 14);
+
+/**
+ * @generated from message nearhub.storage.v1.UploadChunkRequest
+ */
+export type UploadChunkRequest = Message<"nearhub.storage.v1.UploadChunkRequest"> & {
+  /**
+   * @generated from oneof nearhub.storage.v1.UploadChunkRequest.part
+   */
+  part: {
+    /**
+     * @generated from field: nearhub.storage.v1.UploadChunkHeader header = 1;
+     */
+    value: UploadChunkHeader;
+    case: "header";
+  } | {
+    /**
+     * @generated from field: bytes data = 2;
+     */
+    value: Uint8Array;
+    case: "data";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message nearhub.storage.v1.UploadChunkRequest.
+ * Use `create(UploadChunkRequestSchema)` to create a new message.
+ */
+export const UploadChunkRequestSchema: GenMessage<UploadChunkRequest> = /*@__PURE__*/
+  messageDesc(file_nearhub_storage_v1_storage, 15);
+
+/**
+ * @generated from message nearhub.storage.v1.UploadChunkResponse
+ */
+export type UploadChunkResponse = Message<"nearhub.storage.v1.UploadChunkResponse"> & {
+  /**
+   * @generated from field: uint32 index = 1;
+   */
+  index: number;
+
+  /**
+   * False when this chunk had already been received (the bytes were discarded).
+   *
+   * @generated from field: bool stored = 2;
+   */
+  stored: boolean;
+
+  /**
+   * @generated from field: uint32 received_count = 3;
+   */
+  receivedCount: number;
+};
+
+/**
+ * Describes the message nearhub.storage.v1.UploadChunkResponse.
+ * Use `create(UploadChunkResponseSchema)` to create a new message.
+ */
+export const UploadChunkResponseSchema: GenMessage<UploadChunkResponse> = /*@__PURE__*/
+  messageDesc(file_nearhub_storage_v1_storage, 16);
+
+/**
+ * @generated from message nearhub.storage.v1.GetUploadStatusRequest
+ */
+export type GetUploadStatusRequest = Message<"nearhub.storage.v1.GetUploadStatusRequest"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+};
+
+/**
+ * Describes the message nearhub.storage.v1.GetUploadStatusRequest.
+ * Use `create(GetUploadStatusRequestSchema)` to create a new message.
+ */
+export const GetUploadStatusRequestSchema: GenMessage<GetUploadStatusRequest> = /*@__PURE__*/
+  messageDesc(file_nearhub_storage_v1_storage, 17);
+
+/**
+ * @generated from message nearhub.storage.v1.GetUploadStatusResponse
+ */
+export type GetUploadStatusResponse = Message<"nearhub.storage.v1.GetUploadStatusResponse"> & {
+  /**
+   * @generated from field: nearhub.storage.v1.UploadSession session = 1;
+   */
+  session?: UploadSession | undefined;
+};
+
+/**
+ * Describes the message nearhub.storage.v1.GetUploadStatusResponse.
+ * Use `create(GetUploadStatusResponseSchema)` to create a new message.
+ */
+export const GetUploadStatusResponseSchema: GenMessage<GetUploadStatusResponse> = /*@__PURE__*/
+  messageDesc(file_nearhub_storage_v1_storage, 18);
+
+/**
+ * @generated from message nearhub.storage.v1.CompleteUploadRequest
+ */
+export type CompleteUploadRequest = Message<"nearhub.storage.v1.CompleteUploadRequest"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+};
+
+/**
+ * Describes the message nearhub.storage.v1.CompleteUploadRequest.
+ * Use `create(CompleteUploadRequestSchema)` to create a new message.
+ */
+export const CompleteUploadRequestSchema: GenMessage<CompleteUploadRequest> = /*@__PURE__*/
+  messageDesc(file_nearhub_storage_v1_storage, 19);
+
+/**
+ * @generated from message nearhub.storage.v1.CompleteUploadResponse
+ */
+export type CompleteUploadResponse = Message<"nearhub.storage.v1.CompleteUploadResponse"> & {
+  /**
+   * @generated from field: nearhub.storage.v1.BlobInfo blob = 1;
+   */
+  blob?: BlobInfo | undefined;
+
+  /**
+   * False when the blob was already stored by another upload.
+   *
+   * @generated from field: bool created = 2;
+   */
+  created: boolean;
+};
+
+/**
+ * Describes the message nearhub.storage.v1.CompleteUploadResponse.
+ * Use `create(CompleteUploadResponseSchema)` to create a new message.
+ */
+export const CompleteUploadResponseSchema: GenMessage<CompleteUploadResponse> = /*@__PURE__*/
+  messageDesc(file_nearhub_storage_v1_storage, 20);
+
+/**
+ * @generated from message nearhub.storage.v1.AbortUploadRequest
+ */
+export type AbortUploadRequest = Message<"nearhub.storage.v1.AbortUploadRequest"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+};
+
+/**
+ * Describes the message nearhub.storage.v1.AbortUploadRequest.
+ * Use `create(AbortUploadRequestSchema)` to create a new message.
+ */
+export const AbortUploadRequestSchema: GenMessage<AbortUploadRequest> = /*@__PURE__*/
+  messageDesc(file_nearhub_storage_v1_storage, 21);
+
+/**
+ * @generated from message nearhub.storage.v1.AbortUploadResponse
+ */
+export type AbortUploadResponse = Message<"nearhub.storage.v1.AbortUploadResponse"> & {
+  /**
+   * False when no such session was open.
+   *
+   * @generated from field: bool aborted = 1;
+   */
+  aborted: boolean;
+};
+
+/**
+ * Describes the message nearhub.storage.v1.AbortUploadResponse.
+ * Use `create(AbortUploadResponseSchema)` to create a new message.
+ */
+export const AbortUploadResponseSchema: GenMessage<AbortUploadResponse> = /*@__PURE__*/
+  messageDesc(file_nearhub_storage_v1_storage, 22);
+
+/**
  * Event `nearhub.events.storage.blob.stored`.
  *
  * @generated from message nearhub.storage.v1.BlobStoredEvent
@@ -222,7 +578,37 @@ export type BlobStoredEvent = Message<"nearhub.storage.v1.BlobStoredEvent"> & {
  * Use `create(BlobStoredEventSchema)` to create a new message.
  */
 export const BlobStoredEventSchema: GenMessage<BlobStoredEvent> = /*@__PURE__*/
-  messageDesc(file_nearhub_storage_v1_storage, 9);
+  messageDesc(file_nearhub_storage_v1_storage, 23);
+
+/**
+ * Event `nearhub.events.storage.blob.corrupt`: a scrub found a blob whose bytes no longer
+ * hash to its name.
+ *
+ * @generated from message nearhub.storage.v1.BlobCorruptEvent
+ */
+export type BlobCorruptEvent = Message<"nearhub.storage.v1.BlobCorruptEvent"> & {
+  /**
+   * @generated from field: nearhub.storage.v1.BlobInfo blob = 1;
+   */
+  blob?: BlobInfo | undefined;
+
+  /**
+   * @generated from field: string actual_sha256 = 2;
+   */
+  actualSha256: string;
+
+  /**
+   * @generated from field: uint64 actual_size = 3;
+   */
+  actualSize: bigint;
+};
+
+/**
+ * Describes the message nearhub.storage.v1.BlobCorruptEvent.
+ * Use `create(BlobCorruptEventSchema)` to create a new message.
+ */
+export const BlobCorruptEventSchema: GenMessage<BlobCorruptEvent> = /*@__PURE__*/
+  messageDesc(file_nearhub_storage_v1_storage, 24);
 
 /**
  * StorageService keeps content-addressed blobs (sha256) in S3/MinIO or a local folder.
@@ -268,6 +654,67 @@ export const StorageService: GenService<{
     methodKind: "server_streaming";
     input: typeof GetBlobRequestSchema;
     output: typeof GetBlobResponseSchema;
+  },
+  /**
+   * A URL that downloads the blob straight from S3 (FAILED_PRECONDITION on the folder backend).
+   *
+   * @generated from rpc nearhub.storage.v1.StorageService.PresignGet
+   */
+  presignGet: {
+    methodKind: "unary";
+    input: typeof PresignGetRequestSchema;
+    output: typeof PresignGetResponseSchema;
+  },
+  /**
+   * Resumable uploads of large blobs. StartUpload opens a session, or returns the open session
+   * for the same sha256 and size (so a rerun or a second client continues it); chunks then
+   * arrive in any order, in parallel, each verified by its own sha256; CompleteUpload verifies
+   * the whole sha256 and commits atomically. Session state lives in the `upload-sessions` KV
+   * bucket: any replica continues any session and a restart loses nothing. Sessions idle past
+   * their expiry are removed with their parts.
+   *
+   * @generated from rpc nearhub.storage.v1.StorageService.StartUpload
+   */
+  startUpload: {
+    methodKind: "unary";
+    input: typeof StartUploadRequestSchema;
+    output: typeof StartUploadResponseSchema;
+  },
+  /**
+   * The first message carries the header (session, index, the chunk's sha256); the rest carry
+   * the chunk's bytes in pieces of at most 4 MiB. Idempotent: a chunk already received with
+   * the same sha256 is acknowledged without being stored again.
+   *
+   * @generated from rpc nearhub.storage.v1.StorageService.UploadChunk
+   */
+  uploadChunk: {
+    methodKind: "client_streaming";
+    input: typeof UploadChunkRequestSchema;
+    output: typeof UploadChunkResponseSchema;
+  },
+  /**
+   * @generated from rpc nearhub.storage.v1.StorageService.GetUploadStatus
+   */
+  getUploadStatus: {
+    methodKind: "unary";
+    input: typeof GetUploadStatusRequestSchema;
+    output: typeof GetUploadStatusResponseSchema;
+  },
+  /**
+   * @generated from rpc nearhub.storage.v1.StorageService.CompleteUpload
+   */
+  completeUpload: {
+    methodKind: "unary";
+    input: typeof CompleteUploadRequestSchema;
+    output: typeof CompleteUploadResponseSchema;
+  },
+  /**
+   * @generated from rpc nearhub.storage.v1.StorageService.AbortUpload
+   */
+  abortUpload: {
+    methodKind: "unary";
+    input: typeof AbortUploadRequestSchema;
+    output: typeof AbortUploadResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_nearhub_storage_v1_storage, 0);

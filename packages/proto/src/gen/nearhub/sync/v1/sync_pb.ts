@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file nearhub/sync/v1/sync.proto.
  */
 export const file_nearhub_sync_v1_sync: GenFile = /*@__PURE__*/
-  fileDesc("ChpuZWFyaHViL3N5bmMvdjEvc3luYy5wcm90bxIPbmVhcmh1Yi5zeW5jLnYxIrQCCgZNaXJyb3ISDAoEbmFtZRgBIAEoCRIQCgh1cHN0cmVhbRgCIAEoCRINCgVvd25lchgDIAEoCRIMCgRyZXBvGAQgASgJEhgKEGludGVydmFsX3NlY29uZHMYBSABKA0SDAoEcmVmcxgGIAEoCRILCgNsZnMYByABKAgSKwoFc3RhdGUYCCABKA4yHC5uZWFyaHViLnN5bmMudjEuTWlycm9yU3RhdGUSLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbGFzdF9zdWNjZXNzX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGAsgASgJEhIKCmdlbmVyYXRpb24YDCABKAQiVQoQQWRkTWlycm9yUmVxdWVzdBIMCgRuYW1lGAEgASgJEhgKEGludGVydmFsX3NlY29uZHMYAiABKA0SDAoEcmVmcxgDIAEoCRILCgNsZnMYBCABKAgiTQoRQWRkTWlycm9yUmVzcG9uc2USJwoGbWlycm9yGAEgASgLMhcubmVhcmh1Yi5zeW5jLnYxLk1pcnJvchIPCgdjcmVhdGVkGAIgASgIIiAKEEdldE1pcnJvclJlcXVlc3QSDAoEbmFtZRgBIAEoCSI8ChFHZXRNaXJyb3JSZXNwb25zZRInCgZtaXJyb3IYASABKAsyFy5uZWFyaHViLnN5bmMudjEuTWlycm9yIiQKEkxpc3RNaXJyb3JzUmVxdWVzdBIOCgZwcmVmaXgYASABKAkiPwoTTGlzdE1pcnJvcnNSZXNwb25zZRIoCgdtaXJyb3JzGAEgAygLMhcubmVhcmh1Yi5zeW5jLnYxLk1pcnJvciIjChNSZW1vdmVNaXJyb3JSZXF1ZXN0EgwKBG5hbWUYASABKAkiJwoUUmVtb3ZlTWlycm9yUmVzcG9uc2USDwoHcmVtb3ZlZBgBIAEoCCI7ChBNaXJyb3JBZGRlZEV2ZW50EicKBm1pcnJvchgBIAEoCzIXLm5lYXJodWIuc3luYy52MS5NaXJyb3IiNgoSTWlycm9yUmVtb3ZlZEV2ZW50EgwKBG5hbWUYASABKAkSEgoKZ2VuZXJhdGlvbhgCIAEoBCqrAQoLTWlycm9yU3RhdGUSHAoYTUlSUk9SX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUTUlSUk9SX1NUQVRFX1BFTkRJTkcQARIYChRNSVJST1JfU1RBVEVfU1lOQ0lORxACEhgKFE1JUlJPUl9TVEFURV9JTl9TWU5DEAMSFwoTTUlSUk9SX1NUQVRFX0ZBSUxFRBAEEhcKE01JUlJPUl9TVEFURV9QQVVTRUQQBTKAAwoLU3luY1NlcnZpY2USVwoJQWRkTWlycm9yEiEubmVhcmh1Yi5zeW5jLnYxLkFkZE1pcnJvclJlcXVlc3QaIi5uZWFyaHViLnN5bmMudjEuQWRkTWlycm9yUmVzcG9uc2UiA5ACAhJXCglHZXRNaXJyb3ISIS5uZWFyaHViLnN5bmMudjEuR2V0TWlycm9yUmVxdWVzdBoiLm5lYXJodWIuc3luYy52MS5HZXRNaXJyb3JSZXNwb25zZSIDkAIBEl0KC0xpc3RNaXJyb3JzEiMubmVhcmh1Yi5zeW5jLnYxLkxpc3RNaXJyb3JzUmVxdWVzdBokLm5lYXJodWIuc3luYy52MS5MaXN0TWlycm9yc1Jlc3BvbnNlIgOQAgESYAoMUmVtb3ZlTWlycm9yEiQubmVhcmh1Yi5zeW5jLnYxLlJlbW92ZU1pcnJvclJlcXVlc3QaJS5uZWFyaHViLnN5bmMudjEuUmVtb3ZlTWlycm9yUmVzcG9uc2UiA5ACAmIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChpuZWFyaHViL3N5bmMvdjEvc3luYy5wcm90bxIPbmVhcmh1Yi5zeW5jLnYxIqYECgZNaXJyb3ISDAoEbmFtZRgBIAEoCRIQCgh1cHN0cmVhbRgCIAEoCRINCgVvd25lchgDIAEoCRIMCgRyZXBvGAQgASgJEhgKEGludGVydmFsX3NlY29uZHMYBSABKA0SDAoEcmVmcxgGIAEoCRILCgNsZnMYByABKAgSKwoFc3RhdGUYCCABKA4yHC5uZWFyaHViLnN5bmMudjEuTWlycm9yU3RhdGUSLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbGFzdF9zdWNjZXNzX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGAsgASgJEhIKCmdlbmVyYXRpb24YDCABKAQSFQoNcGF1c2VkX3JlYXNvbhgNIAEoCRIzCg9sYXN0X2F0dGVtcHRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2xhZ19zZWNvbmRzGA8gASgEEhIKCnNpemVfYnl0ZXMYECABKAQSEQoJcmVmX2NvdW50GBEgASgNEjAKDG5leHRfc3luY19hdBgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASHAoUY29uc2VjdXRpdmVfZmFpbHVyZXMYEyABKA0SGAoQbGFzdF9kdXJhdGlvbl9tcxgUIAEoDSKOBQoMTWlycm9yU3RhdHVzEgwKBG5hbWUYASABKAkSKwoFc3RhdGUYAiABKA4yHC5uZWFyaHViLnN5bmMudjEuTWlycm9yU3RhdGUSFQoNcGF1c2VkX3JlYXNvbhgDIAEoCRIzCg9sYXN0X3N1Y2Nlc3NfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2xhc3RfYXR0ZW1wdF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNwoTbGFzdF9ydW5fc3RhcnRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOAoUbGFzdF9ydW5fZmluaXNoZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmxhc3RfZXJyb3IYCCABKAkSHAoUY29uc2VjdXRpdmVfZmFpbHVyZXMYCSABKA0SLgoKbm90X2JlZm9yZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLbGVhc2Vfb3duZXIYCyABKAkSLwoLbGVhc2VfdW50aWwYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnNpemVfYnl0ZXMYDSABKAQSEQoJcmVmX2NvdW50GA4gASgNEhgKEGxhc3RfZHVyYXRpb25fbXMYDyABKA0SNwoTbGFzdF9tYWludGVuYW5jZV9hdBgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPcmVydW5fcmVxdWVzdGVkGBEgASgIEhQKDHJlcnVuX3JlYXNvbhgSIAEoCSJZCgdTeW5jSm9iEgwKBG5hbWUYASABKAkSDgoGcmVhc29uGAIgASgJEjAKDHJlcXVlc3RlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiSgoJUmVmQ2hhbmdlEgsKA3JlZhgBIAEoCRIPCgdvbGRfc2hhGAIgASgJEg8KB25ld19zaGEYAyABKAkSDgoGZm9yY2VkGAQgASgIIlUKEEFkZE1pcnJvclJlcXVlc3QSDAoEbmFtZRgBIAEoCRIYChBpbnRlcnZhbF9zZWNvbmRzGAIgASgNEgwKBHJlZnMYAyABKAkSCwoDbGZzGAQgASgIIk0KEUFkZE1pcnJvclJlc3BvbnNlEicKBm1pcnJvchgBIAEoCzIXLm5lYXJodWIuc3luYy52MS5NaXJyb3ISDwoHY3JlYXRlZBgCIAEoCCIgChBHZXRNaXJyb3JSZXF1ZXN0EgwKBG5hbWUYASABKAkiPAoRR2V0TWlycm9yUmVzcG9uc2USJwoGbWlycm9yGAEgASgLMhcubmVhcmh1Yi5zeW5jLnYxLk1pcnJvciIkChJMaXN0TWlycm9yc1JlcXVlc3QSDgoGcHJlZml4GAEgASgJIj8KE0xpc3RNaXJyb3JzUmVzcG9uc2USKAoHbWlycm9ycxgBIAMoCzIXLm5lYXJodWIuc3luYy52MS5NaXJyb3IiIwoTUmVtb3ZlTWlycm9yUmVxdWVzdBIMCgRuYW1lGAEgASgJIicKFFJlbW92ZU1pcnJvclJlc3BvbnNlEg8KB3JlbW92ZWQYASABKAgiWAoRU3luY01pcnJvclJlcXVlc3QSDAoEbmFtZRgBIAEoCRIMCgR3YWl0GAIgASgIEhcKD3RpbWVvdXRfc2Vjb25kcxgDIAEoDRIOCgZyZWFzb24YBCABKAkiTwoSU3luY01pcnJvclJlc3BvbnNlEicKBm1pcnJvchgBIAEoCzIXLm5lYXJodWIuc3luYy52MS5NaXJyb3ISEAoIZmluaXNoZWQYAiABKAgiMgoSUGF1c2VNaXJyb3JSZXF1ZXN0EgwKBG5hbWUYASABKAkSDgoGcmVhc29uGAIgASgJIj4KE1BhdXNlTWlycm9yUmVzcG9uc2USJwoGbWlycm9yGAEgASgLMhcubmVhcmh1Yi5zeW5jLnYxLk1pcnJvciIjChNSZXN1bWVNaXJyb3JSZXF1ZXN0EgwKBG5hbWUYASABKAkiPwoUUmVzdW1lTWlycm9yUmVzcG9uc2USJwoGbWlycm9yGAEgASgLMhcubmVhcmh1Yi5zeW5jLnYxLk1pcnJvciI7ChBNaXJyb3JBZGRlZEV2ZW50EicKBm1pcnJvchgBIAEoCzIXLm5lYXJodWIuc3luYy52MS5NaXJyb3IiNgoSTWlycm9yUmVtb3ZlZEV2ZW50EgwKBG5hbWUYASABKAkSEgoKZ2VuZXJhdGlvbhgCIAEoBCKKAQoRTWlycm9yU3luY2VkRXZlbnQSDAoEbmFtZRgBIAEoCRIrCgdjaGFuZ2VzGAIgAygLMhoubmVhcmh1Yi5zeW5jLnYxLlJlZkNoYW5nZRIVCg1ieXRlc19mZXRjaGVkGAMgASgEEhMKC2R1cmF0aW9uX21zGAQgASgNEg4KBnJlYXNvbhgFIAEoCSJeChFNaXJyb3JGYWlsZWRFdmVudBIMCgRuYW1lGAEgASgJEg0KBWVycm9yGAIgASgJEhwKFGNvbnNlY3V0aXZlX2ZhaWx1cmVzGAMgASgNEg4KBnBhdXNlZBgEIAEoCCI9ChFNaXJyb3JQYXVzZWRFdmVudBIMCgRuYW1lGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIKCgJieRgDIAEoCSqrAQoLTWlycm9yU3RhdGUSHAoYTUlSUk9SX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUTUlSUk9SX1NUQVRFX1BFTkRJTkcQARIYChRNSVJST1JfU1RBVEVfU1lOQ0lORxACEhgKFE1JUlJPUl9TVEFURV9JTl9TWU5DEAMSFwoTTUlSUk9SX1NUQVRFX0ZBSUxFRBAEEhcKE01JUlJPUl9TVEFURV9QQVVTRUQQBTKYBQoLU3luY1NlcnZpY2USVwoJQWRkTWlycm9yEiEubmVhcmh1Yi5zeW5jLnYxLkFkZE1pcnJvclJlcXVlc3QaIi5uZWFyaHViLnN5bmMudjEuQWRkTWlycm9yUmVzcG9uc2UiA5ACAhJXCglHZXRNaXJyb3ISIS5uZWFyaHViLnN5bmMudjEuR2V0TWlycm9yUmVxdWVzdBoiLm5lYXJodWIuc3luYy52MS5HZXRNaXJyb3JSZXNwb25zZSIDkAIBEl0KC0xpc3RNaXJyb3JzEiMubmVhcmh1Yi5zeW5jLnYxLkxpc3RNaXJyb3JzUmVxdWVzdBokLm5lYXJodWIuc3luYy52MS5MaXN0TWlycm9yc1Jlc3BvbnNlIgOQAgESYAoMUmVtb3ZlTWlycm9yEiQubmVhcmh1Yi5zeW5jLnYxLlJlbW92ZU1pcnJvclJlcXVlc3QaJS5uZWFyaHViLnN5bmMudjEuUmVtb3ZlTWlycm9yUmVzcG9uc2UiA5ACAhJVCgpTeW5jTWlycm9yEiIubmVhcmh1Yi5zeW5jLnYxLlN5bmNNaXJyb3JSZXF1ZXN0GiMubmVhcmh1Yi5zeW5jLnYxLlN5bmNNaXJyb3JSZXNwb25zZRJdCgtQYXVzZU1pcnJvchIjLm5lYXJodWIuc3luYy52MS5QYXVzZU1pcnJvclJlcXVlc3QaJC5uZWFyaHViLnN5bmMudjEuUGF1c2VNaXJyb3JSZXNwb25zZSIDkAICEmAKDFJlc3VtZU1pcnJvchIkLm5lYXJodWIuc3luYy52MS5SZXN1bWVNaXJyb3JSZXF1ZXN0GiUubmVhcmh1Yi5zeW5jLnYxLlJlc3VtZU1pcnJvclJlc3BvbnNlIgOQAgJiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message nearhub.sync.v1.Mirror
@@ -83,6 +83,56 @@ export type Mirror = Message<"nearhub.sync.v1.Mirror"> & {
    * @generated from field: uint64 generation = 12;
    */
   generation: bigint;
+
+  /**
+   * Why the mirror is paused (by whom, or the upstream's answer), when it is.
+   *
+   * @generated from field: string paused_reason = 13;
+   */
+  pausedReason: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp last_attempt_at = 14;
+   */
+  lastAttemptAt?: Timestamp | undefined;
+
+  /**
+   * Seconds since the served refs were last known to equal upstream's (0 before any success).
+   *
+   * @generated from field: uint64 lag_seconds = 15;
+   */
+  lagSeconds: bigint;
+
+  /**
+   * Bytes of the bare repository on disk.
+   *
+   * @generated from field: uint64 size_bytes = 16;
+   */
+  sizeBytes: bigint;
+
+  /**
+   * Refs served (heads and tags).
+   *
+   * @generated from field: uint32 ref_count = 17;
+   */
+  refCount: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp next_sync_at = 18;
+   */
+  nextSyncAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: uint32 consecutive_failures = 19;
+   */
+  consecutiveFailures: number;
+
+  /**
+   * Duration of the last finished sync.
+   *
+   * @generated from field: uint32 last_duration_ms = 20;
+   */
+  lastDurationMs: number;
 };
 
 /**
@@ -91,6 +141,185 @@ export type Mirror = Message<"nearhub.sync.v1.Mirror"> & {
  */
 export const MirrorSchema: GenMessage<Mirror> = /*@__PURE__*/
   messageDesc(file_nearhub_sync_v1_sync, 0);
+
+/**
+ * The sync engine's runtime record of one mirror, kept in the `mirror-status` KV bucket.
+ *
+ * @generated from message nearhub.sync.v1.MirrorStatus
+ */
+export type MirrorStatus = Message<"nearhub.sync.v1.MirrorStatus"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: nearhub.sync.v1.MirrorState state = 2;
+   */
+  state: MirrorState;
+
+  /**
+   * @generated from field: string paused_reason = 3;
+   */
+  pausedReason: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp last_success_at = 4;
+   */
+  lastSuccessAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp last_attempt_at = 5;
+   */
+  lastAttemptAt?: Timestamp | undefined;
+
+  /**
+   * When the last run started and ended; a run is in progress while started > finished.
+   *
+   * @generated from field: google.protobuf.Timestamp last_run_started_at = 6;
+   */
+  lastRunStartedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp last_run_finished_at = 7;
+   */
+  lastRunFinishedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string last_error = 8;
+   */
+  lastError: string;
+
+  /**
+   * @generated from field: uint32 consecutive_failures = 9;
+   */
+  consecutiveFailures: number;
+
+  /**
+   * No scheduled sync before this (backoff after failures, upstream rate limits).
+   *
+   * @generated from field: google.protobuf.Timestamp not_before = 10;
+   */
+  notBefore?: Timestamp | undefined;
+
+  /**
+   * The replica holding the sync lease, and until when.
+   *
+   * @generated from field: string lease_owner = 11;
+   */
+  leaseOwner: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp lease_until = 12;
+   */
+  leaseUntil?: Timestamp | undefined;
+
+  /**
+   * @generated from field: uint64 size_bytes = 13;
+   */
+  sizeBytes: bigint;
+
+  /**
+   * @generated from field: uint32 ref_count = 14;
+   */
+  refCount: number;
+
+  /**
+   * @generated from field: uint32 last_duration_ms = 15;
+   */
+  lastDurationMs: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp last_maintenance_at = 16;
+   */
+  lastMaintenanceAt?: Timestamp | undefined;
+
+  /**
+   * A sync was asked for while one ran: run again when it ends (coalesces webhook bursts).
+   *
+   * @generated from field: bool rerun_requested = 17;
+   */
+  rerunRequested: boolean;
+
+  /**
+   * @generated from field: string rerun_reason = 18;
+   */
+  rerunReason: string;
+};
+
+/**
+ * Describes the message nearhub.sync.v1.MirrorStatus.
+ * Use `create(MirrorStatusSchema)` to create a new message.
+ */
+export const MirrorStatusSchema: GenMessage<MirrorStatus> = /*@__PURE__*/
+  messageDesc(file_nearhub_sync_v1_sync, 1);
+
+/**
+ * A job on the SYNC_JOBS work queue.
+ *
+ * @generated from message nearhub.sync.v1.SyncJob
+ */
+export type SyncJob = Message<"nearhub.sync.v1.SyncJob"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * `scheduled`, `initial`, `manual`, `webhook` or `pull-through`.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp requested_at = 3;
+   */
+  requestedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message nearhub.sync.v1.SyncJob.
+ * Use `create(SyncJobSchema)` to create a new message.
+ */
+export const SyncJobSchema: GenMessage<SyncJob> = /*@__PURE__*/
+  messageDesc(file_nearhub_sync_v1_sync, 2);
+
+/**
+ * One ref a sync changed; an empty sha means created (old) or deleted (new).
+ *
+ * @generated from message nearhub.sync.v1.RefChange
+ */
+export type RefChange = Message<"nearhub.sync.v1.RefChange"> & {
+  /**
+   * @generated from field: string ref = 1;
+   */
+  ref: string;
+
+  /**
+   * @generated from field: string old_sha = 2;
+   */
+  oldSha: string;
+
+  /**
+   * @generated from field: string new_sha = 3;
+   */
+  newSha: string;
+
+  /**
+   * True when `new_sha` does not descend from `old_sha` (the old tip went to the archive).
+   *
+   * @generated from field: bool forced = 4;
+   */
+  forced: boolean;
+};
+
+/**
+ * Describes the message nearhub.sync.v1.RefChange.
+ * Use `create(RefChangeSchema)` to create a new message.
+ */
+export const RefChangeSchema: GenMessage<RefChange> = /*@__PURE__*/
+  messageDesc(file_nearhub_sync_v1_sync, 3);
 
 /**
  * @generated from message nearhub.sync.v1.AddMirrorRequest
@@ -124,7 +353,7 @@ export type AddMirrorRequest = Message<"nearhub.sync.v1.AddMirrorRequest"> & {
  * Use `create(AddMirrorRequestSchema)` to create a new message.
  */
 export const AddMirrorRequestSchema: GenMessage<AddMirrorRequest> = /*@__PURE__*/
-  messageDesc(file_nearhub_sync_v1_sync, 1);
+  messageDesc(file_nearhub_sync_v1_sync, 4);
 
 /**
  * @generated from message nearhub.sync.v1.AddMirrorResponse
@@ -148,7 +377,7 @@ export type AddMirrorResponse = Message<"nearhub.sync.v1.AddMirrorResponse"> & {
  * Use `create(AddMirrorResponseSchema)` to create a new message.
  */
 export const AddMirrorResponseSchema: GenMessage<AddMirrorResponse> = /*@__PURE__*/
-  messageDesc(file_nearhub_sync_v1_sync, 2);
+  messageDesc(file_nearhub_sync_v1_sync, 5);
 
 /**
  * @generated from message nearhub.sync.v1.GetMirrorRequest
@@ -165,7 +394,7 @@ export type GetMirrorRequest = Message<"nearhub.sync.v1.GetMirrorRequest"> & {
  * Use `create(GetMirrorRequestSchema)` to create a new message.
  */
 export const GetMirrorRequestSchema: GenMessage<GetMirrorRequest> = /*@__PURE__*/
-  messageDesc(file_nearhub_sync_v1_sync, 3);
+  messageDesc(file_nearhub_sync_v1_sync, 6);
 
 /**
  * @generated from message nearhub.sync.v1.GetMirrorResponse
@@ -182,7 +411,7 @@ export type GetMirrorResponse = Message<"nearhub.sync.v1.GetMirrorResponse"> & {
  * Use `create(GetMirrorResponseSchema)` to create a new message.
  */
 export const GetMirrorResponseSchema: GenMessage<GetMirrorResponse> = /*@__PURE__*/
-  messageDesc(file_nearhub_sync_v1_sync, 4);
+  messageDesc(file_nearhub_sync_v1_sync, 7);
 
 /**
  * @generated from message nearhub.sync.v1.ListMirrorsRequest
@@ -201,7 +430,7 @@ export type ListMirrorsRequest = Message<"nearhub.sync.v1.ListMirrorsRequest"> &
  * Use `create(ListMirrorsRequestSchema)` to create a new message.
  */
 export const ListMirrorsRequestSchema: GenMessage<ListMirrorsRequest> = /*@__PURE__*/
-  messageDesc(file_nearhub_sync_v1_sync, 5);
+  messageDesc(file_nearhub_sync_v1_sync, 8);
 
 /**
  * @generated from message nearhub.sync.v1.ListMirrorsResponse
@@ -218,7 +447,7 @@ export type ListMirrorsResponse = Message<"nearhub.sync.v1.ListMirrorsResponse">
  * Use `create(ListMirrorsResponseSchema)` to create a new message.
  */
 export const ListMirrorsResponseSchema: GenMessage<ListMirrorsResponse> = /*@__PURE__*/
-  messageDesc(file_nearhub_sync_v1_sync, 6);
+  messageDesc(file_nearhub_sync_v1_sync, 9);
 
 /**
  * @generated from message nearhub.sync.v1.RemoveMirrorRequest
@@ -235,7 +464,7 @@ export type RemoveMirrorRequest = Message<"nearhub.sync.v1.RemoveMirrorRequest">
  * Use `create(RemoveMirrorRequestSchema)` to create a new message.
  */
 export const RemoveMirrorRequestSchema: GenMessage<RemoveMirrorRequest> = /*@__PURE__*/
-  messageDesc(file_nearhub_sync_v1_sync, 7);
+  messageDesc(file_nearhub_sync_v1_sync, 10);
 
 /**
  * @generated from message nearhub.sync.v1.RemoveMirrorResponse
@@ -252,10 +481,143 @@ export type RemoveMirrorResponse = Message<"nearhub.sync.v1.RemoveMirrorResponse
  * Use `create(RemoveMirrorResponseSchema)` to create a new message.
  */
 export const RemoveMirrorResponseSchema: GenMessage<RemoveMirrorResponse> = /*@__PURE__*/
-  messageDesc(file_nearhub_sync_v1_sync, 8);
+  messageDesc(file_nearhub_sync_v1_sync, 11);
 
 /**
- * Event `nearhub.events.mirror.added`.
+ * @generated from message nearhub.sync.v1.SyncMirrorRequest
+ */
+export type SyncMirrorRequest = Message<"nearhub.sync.v1.SyncMirrorRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: bool wait = 2;
+   */
+  wait: boolean;
+
+  /**
+   * With `wait`: give up waiting after this long (0 means 600 s); the sync itself goes on.
+   *
+   * @generated from field: uint32 timeout_seconds = 3;
+   */
+  timeoutSeconds: number;
+
+  /**
+   * `manual` (default), `webhook` or `pull-through`; shown in logs and events.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message nearhub.sync.v1.SyncMirrorRequest.
+ * Use `create(SyncMirrorRequestSchema)` to create a new message.
+ */
+export const SyncMirrorRequestSchema: GenMessage<SyncMirrorRequest> = /*@__PURE__*/
+  messageDesc(file_nearhub_sync_v1_sync, 12);
+
+/**
+ * @generated from message nearhub.sync.v1.SyncMirrorResponse
+ */
+export type SyncMirrorResponse = Message<"nearhub.sync.v1.SyncMirrorResponse"> & {
+  /**
+   * @generated from field: nearhub.sync.v1.Mirror mirror = 1;
+   */
+  mirror?: Mirror | undefined;
+
+  /**
+   * With `wait`: true once a sync that started after the request finished.
+   *
+   * @generated from field: bool finished = 2;
+   */
+  finished: boolean;
+};
+
+/**
+ * Describes the message nearhub.sync.v1.SyncMirrorResponse.
+ * Use `create(SyncMirrorResponseSchema)` to create a new message.
+ */
+export const SyncMirrorResponseSchema: GenMessage<SyncMirrorResponse> = /*@__PURE__*/
+  messageDesc(file_nearhub_sync_v1_sync, 13);
+
+/**
+ * @generated from message nearhub.sync.v1.PauseMirrorRequest
+ */
+export type PauseMirrorRequest = Message<"nearhub.sync.v1.PauseMirrorRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message nearhub.sync.v1.PauseMirrorRequest.
+ * Use `create(PauseMirrorRequestSchema)` to create a new message.
+ */
+export const PauseMirrorRequestSchema: GenMessage<PauseMirrorRequest> = /*@__PURE__*/
+  messageDesc(file_nearhub_sync_v1_sync, 14);
+
+/**
+ * @generated from message nearhub.sync.v1.PauseMirrorResponse
+ */
+export type PauseMirrorResponse = Message<"nearhub.sync.v1.PauseMirrorResponse"> & {
+  /**
+   * @generated from field: nearhub.sync.v1.Mirror mirror = 1;
+   */
+  mirror?: Mirror | undefined;
+};
+
+/**
+ * Describes the message nearhub.sync.v1.PauseMirrorResponse.
+ * Use `create(PauseMirrorResponseSchema)` to create a new message.
+ */
+export const PauseMirrorResponseSchema: GenMessage<PauseMirrorResponse> = /*@__PURE__*/
+  messageDesc(file_nearhub_sync_v1_sync, 15);
+
+/**
+ * @generated from message nearhub.sync.v1.ResumeMirrorRequest
+ */
+export type ResumeMirrorRequest = Message<"nearhub.sync.v1.ResumeMirrorRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message nearhub.sync.v1.ResumeMirrorRequest.
+ * Use `create(ResumeMirrorRequestSchema)` to create a new message.
+ */
+export const ResumeMirrorRequestSchema: GenMessage<ResumeMirrorRequest> = /*@__PURE__*/
+  messageDesc(file_nearhub_sync_v1_sync, 16);
+
+/**
+ * @generated from message nearhub.sync.v1.ResumeMirrorResponse
+ */
+export type ResumeMirrorResponse = Message<"nearhub.sync.v1.ResumeMirrorResponse"> & {
+  /**
+   * @generated from field: nearhub.sync.v1.Mirror mirror = 1;
+   */
+  mirror?: Mirror | undefined;
+};
+
+/**
+ * Describes the message nearhub.sync.v1.ResumeMirrorResponse.
+ * Use `create(ResumeMirrorResponseSchema)` to create a new message.
+ */
+export const ResumeMirrorResponseSchema: GenMessage<ResumeMirrorResponse> = /*@__PURE__*/
+  messageDesc(file_nearhub_sync_v1_sync, 17);
+
+/**
+ * Event `nearhub.events.mirror.git.added`.
  *
  * @generated from message nearhub.sync.v1.MirrorAddedEvent
  */
@@ -271,10 +633,10 @@ export type MirrorAddedEvent = Message<"nearhub.sync.v1.MirrorAddedEvent"> & {
  * Use `create(MirrorAddedEventSchema)` to create a new message.
  */
 export const MirrorAddedEventSchema: GenMessage<MirrorAddedEvent> = /*@__PURE__*/
-  messageDesc(file_nearhub_sync_v1_sync, 9);
+  messageDesc(file_nearhub_sync_v1_sync, 18);
 
 /**
- * Event `nearhub.events.mirror.removed`.
+ * Event `nearhub.events.mirror.git.removed`.
  *
  * @generated from message nearhub.sync.v1.MirrorRemovedEvent
  */
@@ -295,7 +657,113 @@ export type MirrorRemovedEvent = Message<"nearhub.sync.v1.MirrorRemovedEvent"> &
  * Use `create(MirrorRemovedEventSchema)` to create a new message.
  */
 export const MirrorRemovedEventSchema: GenMessage<MirrorRemovedEvent> = /*@__PURE__*/
-  messageDesc(file_nearhub_sync_v1_sync, 10);
+  messageDesc(file_nearhub_sync_v1_sync, 19);
+
+/**
+ * Event `nearhub.events.mirror.git.synced`: served refs changed.
+ *
+ * @generated from message nearhub.sync.v1.MirrorSyncedEvent
+ */
+export type MirrorSyncedEvent = Message<"nearhub.sync.v1.MirrorSyncedEvent"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: repeated nearhub.sync.v1.RefChange changes = 2;
+   */
+  changes: RefChange[];
+
+  /**
+   * @generated from field: uint64 bytes_fetched = 3;
+   */
+  bytesFetched: bigint;
+
+  /**
+   * @generated from field: uint32 duration_ms = 4;
+   */
+  durationMs: number;
+
+  /**
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message nearhub.sync.v1.MirrorSyncedEvent.
+ * Use `create(MirrorSyncedEventSchema)` to create a new message.
+ */
+export const MirrorSyncedEventSchema: GenMessage<MirrorSyncedEvent> = /*@__PURE__*/
+  messageDesc(file_nearhub_sync_v1_sync, 20);
+
+/**
+ * Event `nearhub.events.mirror.git.failed`.
+ *
+ * @generated from message nearhub.sync.v1.MirrorFailedEvent
+ */
+export type MirrorFailedEvent = Message<"nearhub.sync.v1.MirrorFailedEvent"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string error = 2;
+   */
+  error: string;
+
+  /**
+   * @generated from field: uint32 consecutive_failures = 3;
+   */
+  consecutiveFailures: number;
+
+  /**
+   * True when the failure paused the mirror (authentication or not found upstream).
+   *
+   * @generated from field: bool paused = 4;
+   */
+  paused: boolean;
+};
+
+/**
+ * Describes the message nearhub.sync.v1.MirrorFailedEvent.
+ * Use `create(MirrorFailedEventSchema)` to create a new message.
+ */
+export const MirrorFailedEventSchema: GenMessage<MirrorFailedEvent> = /*@__PURE__*/
+  messageDesc(file_nearhub_sync_v1_sync, 21);
+
+/**
+ * Event `nearhub.events.mirror.git.paused` (and `…resumed`, with an empty reason).
+ *
+ * @generated from message nearhub.sync.v1.MirrorPausedEvent
+ */
+export type MirrorPausedEvent = Message<"nearhub.sync.v1.MirrorPausedEvent"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * `user` or `sync` (an upstream answer paused it).
+   *
+   * @generated from field: string by = 3;
+   */
+  by: string;
+};
+
+/**
+ * Describes the message nearhub.sync.v1.MirrorPausedEvent.
+ * Use `create(MirrorPausedEventSchema)` to create a new message.
+ */
+export const MirrorPausedEventSchema: GenMessage<MirrorPausedEvent> = /*@__PURE__*/
+  messageDesc(file_nearhub_sync_v1_sync, 22);
 
 /**
  * @generated from enum nearhub.sync.v1.MirrorState
@@ -377,6 +845,36 @@ export const SyncService: GenService<{
     methodKind: "unary";
     input: typeof RemoveMirrorRequestSchema;
     output: typeof RemoveMirrorResponseSchema;
+  },
+  /**
+   * Queues a sync now; with `wait`, answers once a sync that started after the request ended.
+   *
+   * @generated from rpc nearhub.sync.v1.SyncService.SyncMirror
+   */
+  syncMirror: {
+    methodKind: "unary";
+    input: typeof SyncMirrorRequestSchema;
+    output: typeof SyncMirrorResponseSchema;
+  },
+  /**
+   * Stops scheduled, webhook and on-demand syncs; the mirror keeps serving what it has.
+   *
+   * @generated from rpc nearhub.sync.v1.SyncService.PauseMirror
+   */
+  pauseMirror: {
+    methodKind: "unary";
+    input: typeof PauseMirrorRequestSchema;
+    output: typeof PauseMirrorResponseSchema;
+  },
+  /**
+   * Resumes a paused mirror (also one paused by an auth or not-found error) and queues a sync.
+   *
+   * @generated from rpc nearhub.sync.v1.SyncService.ResumeMirror
+   */
+  resumeMirror: {
+    methodKind: "unary";
+    input: typeof ResumeMirrorRequestSchema;
+    output: typeof ResumeMirrorResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_nearhub_sync_v1_sync, 0);

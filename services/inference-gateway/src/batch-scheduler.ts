@@ -1,0 +1,266 @@
+import { Code, NearhubError } from "@nearhub/platform";
+import type { ExecutionBackend } from "./onnx-backend.js";
+import type { WorkerTensor } from "./onnx-protocol.js";
+import { concatRows, sliceRows } from "./tensor-codec.js";
+
+/** How a model's requests are scheduled onto its instances. */
+export interface SchedulerOptions {
+  /** > 0 enables concatenation along the batch dimension up to this many rows. */
+  maxBatchSize: number;
+  /** Whether requests are combined at all (Triton's `dynamic_batching`). */
+  dynamicBatching: boolean;
+  /** A batch this large goes at once; smaller ones wait up to the queue delay for more. */
+  preferredBatchSizes: number[];
+  maxQueueDelayMicros: number;
+  /** Requests waiting for an instance before new ones are refused. */
+  maxQueueSize: number;
+  /** The outputs every execution computes. */
+  outputs: string[];
+  /** The model, for messages. */
+  label: string;
+}
+
+/** What one execution did, for statistics and metrics. */
+export interface ExecutionReport {
+  batchSize: number;
+  requests: number;
+  computeMs: number;
+}
+
+/** What a request waited and cost. */
+export interface RequestTiming {
+  queueMs: number;
+  computeMs: number;
+  batchSize: number;
+}
+
+interface Item {
+  tensors: WorkerTensor[];
+  batch: number;
+  shapeKey: string;
+  enqueuedAt: number;
+  deadline: number | undefined;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+  resolve: (value: { outputs: WorkerTensor[]; timing: RequestTiming }) => void;
+  reject: (error: unknown) => void;
+}
+
+/** One request for {@link BatchScheduler.submit}. */
+export interface SubmitRequest {
+  tensors: WorkerTensor[];
+  batch: number;
+  shapeKey: string;
+  /** Epoch milliseconds after which the request is dropped before compute. */
+  deadline?: number | undefined;
+  signal?: AbortSignal | undefined;
+}
+
+/**
+ * The dynamic batcher and admission control of one loaded model. Requests wait in a bounded
+ * queue; when an instance is free, compatible requests (same non-batch shapes) are concatenated
+ * along the batch dimension up to max_batch_size, run once, and split back. A batch leaves at
+ * once when it reaches the largest preferred size (or max_batch_size), otherwise when its
+ * oldest request has waited max_queue_delay. Requests whose deadline passed are dropped before
+ * compute.
+ */
+export class BatchScheduler {
+  private readonly queue: Item[] = [];
+  private running = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private idleWaiters: Array<() => void> = [];
+  private closed = false;
+  /** Executions started (model `run` calls). */
+  executions = 0;
+
+  constructor(
+    private readonly backend: ExecutionBackend,
+    private readonly options: SchedulerOptions,
+    private readonly onExecution: (report: ExecutionReport) => void = () => undefined,
+    private readonly onDropped: (reason: "deadline" | "cancelled" | "queue_full") => void = () => undefined,
+  ) {}
+
+  /** Requests queued or executing. */
+  get pending(): number {
+    return this.queue.length + this.runningRequests;
+  }
+
+  /** Requests waiting in the queue. */
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  private runningRequests = 0;
+
+  /** Queues a request; resolves with its rows of every output. */
+  submit(request: SubmitRequest): Promise<{ outputs: WorkerTensor[]; timing: RequestTiming }> {
+    if (this.closed) {
+      return Promise.reject(new NearhubError(Code.Unavailable, `${this.options.label} is unloading; retry`));
+    }
+    if (this.queue.length >= this.options.maxQueueSize) {
+      this.onDropped("queue_full");
+      return Promise.reject(
+        new NearhubError(
+          Code.ResourceExhausted,
+          `${this.options.label}: the queue is full (${this.options.maxQueueSize} requests waiting); retry later or raise max_queue_size`,
+        ),
+      );
+    }
+    if (request.signal?.aborted) return Promise.reject(deadlineOrCancel(request.signal, this.options.label));
+    return new Promise((resolve, reject) => {
+      const item: Item = {
+        tensors: request.tensors,
+        batch: request.batch,
+        shapeKey: request.shapeKey,
+        enqueuedAt: performance.now(),
+        deadline: request.deadline,
+        signal: request.signal,
+        onAbort: undefined,
+        resolve,
+        reject,
+      };
+      if (request.signal) {
+        item.onAbort = () => {
+          const at = this.queue.indexOf(item);
+          if (at < 0) return; // already executing: its result is simply not sent
+          this.queue.splice(at, 1);
+          const error = deadlineOrCancel(request.signal as AbortSignal, this.options.label);
+          this.onDropped(error.code === Code.DeadlineExceeded ? "deadline" : "cancelled");
+          reject(error);
+          this.checkIdle();
+        };
+        request.signal.addEventListener("abort", item.onAbort, { once: true });
+      }
+      this.queue.push(item);
+      this.pump();
+    });
+  }
+
+  /** Resolves when nothing is queued or executing. */
+  idle(): Promise<void> {
+    if (this.queue.length === 0 && this.running === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Refuses new requests; queued and executing ones still finish. */
+  close(): void {
+    this.closed = true;
+    this.pump();
+  }
+
+  private checkIdle(): void {
+    if (this.queue.length > 0 || this.running > 0) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  private pump(): void {
+    const { maxBatchSize, dynamicBatching, preferredBatchSizes, maxQueueDelayMicros } = this.options;
+    while (this.running < this.backend.instances && this.queue.length > 0) {
+      const head = this.queue[0] as Item;
+      let picked: Item[];
+      if (!dynamicBatching || maxBatchSize === 0) {
+        picked = [head];
+      } else {
+        picked = [];
+        let rows = 0;
+        for (const item of this.queue) {
+          if (item.shapeKey !== head.shapeKey || rows + item.batch > maxBatchSize) continue;
+          picked.push(item);
+          rows += item.batch;
+          if (rows === maxBatchSize) break;
+        }
+        const target = preferredBatchSizes.length > 0 ? Math.max(...preferredBatchSizes) : maxBatchSize;
+        const waitedMs = performance.now() - head.enqueuedAt;
+        const delayMs = maxQueueDelayMicros / 1000;
+        if (rows < target && waitedMs < delayMs && !this.closed) {
+          if (!this.timer) {
+            this.timer = setTimeout(() => {
+              this.timer = undefined;
+              this.pump();
+            }, delayMs - waitedMs);
+          }
+          return;
+        }
+      }
+      if (this.timer) {
+        clearTimeout(this.timer);
+        this.timer = undefined;
+      }
+      const pickedSet = new Set(picked);
+      for (let i = this.queue.length - 1; i >= 0; i--)
+        if (pickedSet.has(this.queue[i] as Item)) this.queue.splice(i, 1);
+      const now = Date.now();
+      const live: Item[] = [];
+      for (const item of picked) {
+        if (item.signal && item.onAbort) item.signal.removeEventListener("abort", item.onAbort);
+        if ((item.deadline !== undefined && item.deadline <= now) || item.signal?.aborted) {
+          const error = item.signal?.aborted
+            ? deadlineOrCancel(item.signal, this.options.label)
+            : new NearhubError(Code.DeadlineExceeded, `${this.options.label}: the deadline passed while queued`);
+          this.onDropped(error.code === Code.DeadlineExceeded ? "deadline" : "cancelled");
+          item.reject(error);
+        } else live.push(item);
+      }
+      if (live.length > 0) void this.execute(live);
+    }
+    this.checkIdle();
+  }
+
+  private async execute(items: Item[]): Promise<void> {
+    this.running++;
+    this.runningRequests += items.length;
+    this.executions++;
+    const started = performance.now();
+    const rows = items.reduce((n, i) => n + i.batch, 0);
+    try {
+      const feeds =
+        items.length === 1
+          ? (items[0] as Item).tensors
+          : (items[0] as Item).tensors.map((_, k) => concatRows(items.map((i) => i.tensors[k] as WorkerTensor)));
+      const result = await this.backend.run(feeds, this.options.outputs);
+      this.onExecution({ batchSize: rows, requests: items.length, computeMs: result.computeMs });
+      let offset = 0;
+      for (const item of items) {
+        const outputs =
+          items.length === 1
+            ? result.outputs
+            : result.outputs.map((o) => {
+                if (o.dims[0] !== rows) {
+                  throw new NearhubError(
+                    Code.Internal,
+                    `${this.options.label}: output ${o.name} has ${o.dims[0] ?? 0} rows for a batch of ${rows}; the model does not keep the batch dimension, so disable dynamic_batching`,
+                  );
+                }
+                return sliceRows(o, offset, item.batch);
+              });
+        offset += item.batch;
+        item.resolve({
+          outputs,
+          timing: { queueMs: started - item.enqueuedAt, computeMs: result.computeMs, batchSize: rows },
+        });
+      }
+    } catch (error) {
+      for (const item of items) item.reject(error);
+    } finally {
+      this.running--;
+      this.runningRequests -= items.length;
+      this.pump();
+    }
+  }
+}
+
+function deadlineOrCancel(signal: AbortSignal, label: string): NearhubError {
+  const reason: unknown = signal.reason;
+  if (reason instanceof NearhubError) {
+    if (reason.code === Code.DeadlineExceeded) {
+      return new NearhubError(
+        Code.DeadlineExceeded,
+        `${label}: the deadline passed while queued; dropped before compute`,
+      );
+    }
+    return reason;
+  }
+  return new NearhubError(Code.Cancelled, `${label}: the request was cancelled while queued`);
+}

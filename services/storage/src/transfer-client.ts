@@ -1,0 +1,291 @@
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { open, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Code, NearhubError, type Client } from "@nearhub/platform";
+import type { StorageService } from "@nearhub/proto/storage";
+import { MIN_CHUNK } from "./upload-sessions.js";
+
+/** The storage gRPC client. */
+export type StorageClient = Client<typeof StorageService>;
+
+/** Bytes per UploadChunk/PutBlob message: under gRPC's default 4 MiB receive limit. */
+export const PIECE = 4 * 1024 * 1024 - 1024;
+
+/** sha256 and size of a file, read once as a stream. */
+export async function hashFile(path: string, onBytes?: (n: number) => void): Promise<{ sha256: string; size: number }> {
+  const hash = createHash("sha256");
+  let size = 0;
+  for await (const chunk of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })) {
+    hash.update(chunk as Buffer);
+    size += (chunk as Buffer).byteLength;
+    onBytes?.((chunk as Buffer).byteLength);
+  }
+  return { sha256: hash.digest("hex"), size };
+}
+
+/** Codes after which a chunk or range is tried again (the server restarted, the link dropped). */
+const RETRYABLE = new Set([
+  Code.ResourceExhausted,
+  Code.Unavailable,
+  Code.DeadlineExceeded,
+  Code.Aborted,
+  Code.DataLoss,
+  Code.Internal,
+  Code.Unknown,
+]);
+
+async function withRetry<T>(
+  what: string,
+  attempts: number,
+  signal: AbortSignal | undefined,
+  fn: () => Promise<T>,
+): Promise<T> {
+  let lastError: unknown;
+  for (let attempt = 1; attempt <= attempts; attempt++) {
+    signal?.throwIfAborted();
+    try {
+      return await fn();
+    } catch (error) {
+      lastError = error;
+      const code = error instanceof NearhubError ? error.code : Code.Unknown;
+      if (!RETRYABLE.has(code) || attempt === attempts) break;
+      await sleep(Math.min(250 * 2 ** attempt, 5_000), undefined, { signal });
+    }
+  }
+  const e = NearhubError.from(lastError);
+  throw new NearhubError(e.code, `${what}: ${e.rawMessage}`, { cause: lastError });
+}
+
+/** Options of {@link uploadFile}. */
+export interface UploadOptions {
+  /** Known digest and size (skips hashing the file). */
+  sha256?: string;
+  size?: number;
+  /** 64 MiB when unset. */
+  chunkSize?: number;
+  /** Chunks in flight; 4 by default. */
+  parallel?: number;
+  /** Called with the number of bytes each time some are sent or found already stored. */
+  onProgress?: (bytes: number) => void;
+  signal?: AbortSignal;
+  /** Attempts per chunk; 6 by default. */
+  attempts?: number;
+  /** Per-call deadline for a chunk; 5 minutes by default. */
+  chunkTimeoutMs?: number;
+}
+
+/** What an upload did. */
+export interface UploadResult {
+  sha256: string;
+  size: number;
+  /** True when this upload made the blob visible; false when it was there already. */
+  created: boolean;
+  chunksSent: number;
+  /** Chunks the server already had (a resumed upload). */
+  chunksSkipped: number;
+}
+
+/**
+ * Uploads a file as a content-addressed blob: small files with one PutBlob, larger ones as a
+ * resumable session whose missing chunks go up in parallel. Rerunning after an interruption
+ * continues the same session (StartUpload finds it by sha256 and size), sending only the
+ * chunks the server does not have.
+ */
+export async function uploadFile(
+  client: StorageClient,
+  path: string,
+  options: UploadOptions = {},
+): Promise<UploadResult> {
+  const { sha256, size } =
+    options.sha256 !== undefined && options.size !== undefined
+      ? { sha256: options.sha256, size: options.size }
+      : await hashFile(path);
+  const attempts = options.attempts ?? 6;
+  const timeoutMs = options.chunkTimeoutMs ?? 300_000;
+  const signal = options.signal;
+  if (size < MIN_CHUNK) {
+    const bytes = await readFile(path);
+    if (bytes.byteLength !== size) throw new NearhubError(Code.Aborted, `${path} changed while being uploaded`);
+    const response = await withRetry(`uploading ${path}`, attempts, signal, () =>
+      client.putBlob(
+        (async function* () {
+          yield { part: { case: "header" as const, value: { sha256, size: BigInt(size) } } };
+          for (let i = 0; i < bytes.byteLength; i += PIECE)
+            yield { part: { case: "chunk" as const, value: bytes.subarray(i, i + PIECE) } };
+        })(),
+        { timeoutMs, ...(signal ? { signal } : {}) },
+      ),
+    );
+    options.onProgress?.(size);
+    return { sha256, size, created: response.created, chunksSent: 1, chunksSkipped: 0 };
+  }
+  const start = await withRetry(`starting the upload of ${path}`, attempts, signal, () =>
+    client.startUpload({ sha256, size: BigInt(size), chunkSize: BigInt(options.chunkSize ?? 0) }),
+  );
+  if (start.alreadyStored || !start.session) {
+    options.onProgress?.(size);
+    return { sha256, size, created: false, chunksSent: 0, chunksSkipped: 0 };
+  }
+  const session = start.session;
+  const chunkSize = Number(session.chunkSize);
+  const have = new Set(session.received);
+  const todo: number[] = [];
+  for (let i = 0; i < session.chunkCount; i++) {
+    if (have.has(i)) options.onProgress?.(Math.min(chunkSize, size - i * chunkSize));
+    else todo.push(i);
+  }
+  const file = await open(path, "r");
+  let sent = 0;
+  try {
+    const worker = async () => {
+      for (let index = todo.shift(); index !== undefined; index = todo.shift()) {
+        const offset = index * chunkSize;
+        const length = Math.min(chunkSize, size - offset);
+        const buffer = Buffer.allocUnsafe(length);
+        const { bytesRead } = await file.read(buffer, 0, length, offset);
+        if (bytesRead !== length) throw new NearhubError(Code.Aborted, `${path} changed while being uploaded`);
+        const chunkSha = createHash("sha256").update(buffer).digest("hex");
+        const i = index;
+        await withRetry(`uploading chunk ${i} of ${path}`, attempts, signal, () =>
+          client.uploadChunk(
+            (async function* () {
+              yield {
+                part: { case: "header" as const, value: { sessionId: session.sessionId, index: i, sha256: chunkSha } },
+              };
+              for (let p = 0; p < length; p += PIECE)
+                yield { part: { case: "data" as const, value: buffer.subarray(p, Math.min(p + PIECE, length)) } };
+            })(),
+            { timeoutMs, ...(signal ? { signal } : {}) },
+          ),
+        );
+        sent++;
+        options.onProgress?.(length);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, options.parallel ?? 4) }, worker));
+  } finally {
+    await file.close();
+  }
+  const done = await withRetry(`completing the upload of ${path}`, attempts, signal, () =>
+    client.completeUpload({ sessionId: session.sessionId }, { timeoutMs: Math.max(timeoutMs, 600_000) }),
+  );
+  return {
+    sha256,
+    size,
+    created: done.created,
+    chunksSent: sent,
+    chunksSkipped: session.chunkCount - todo.length - sent,
+  };
+}
+
+/** Options of {@link downloadBlob}. */
+export interface DownloadOptions {
+  /** Bytes per range request; 64 MiB by default. */
+  rangeSize?: number;
+  parallel?: number;
+  onProgress?: (bytes: number) => void;
+  signal?: AbortSignal;
+  attempts?: number;
+}
+
+/**
+ * Downloads a blob to `dest` in parallel ranges. Bytes go to `dest.nearhub-part` and the
+ * finished ranges to `dest.nearhub-part.json`, so a rerun after an interruption fetches only
+ * what is missing; the whole file is verified against its sha256 before it is renamed into
+ * place (a mismatch deletes it and fails with DATA_LOSS).
+ */
+export async function downloadBlob(
+  client: StorageClient,
+  sha256: string,
+  size: number,
+  dest: string,
+  options: DownloadOptions = {},
+): Promise<{ rangesFetched: number; rangesSkipped: number }> {
+  const part = `${dest}.nearhub-part`;
+  const journal = `${part}.json`;
+  const rangeSize = options.rangeSize ?? 64 * 1024 * 1024;
+  const ranges = Math.max(1, Math.ceil(size / rangeSize));
+  let done = new Set<number>();
+  try {
+    const saved = JSON.parse(await readFile(journal, "utf8")) as {
+      sha256: string;
+      size: number;
+      rangeSize: number;
+      done: number[];
+    };
+    if (
+      saved.sha256 === sha256 &&
+      saved.size === size &&
+      saved.rangeSize === rangeSize &&
+      (await stat(part)).size === size
+    )
+      done = new Set(saved.done);
+  } catch {
+    // No usable journal: start afresh.
+  }
+  if (done.size === 0) {
+    const f = await open(part, "w");
+    await f.truncate(size);
+    await f.close();
+  }
+  const skipped = done.size;
+  for (const i of done) options.onProgress?.(Math.min(rangeSize, size - i * rangeSize));
+  const todo = [...Array(ranges).keys()].filter((i) => !done.has(i));
+  const file = await open(part, "r+");
+  let fetched = 0;
+  let saving = Promise.resolve();
+  const save = () => {
+    saving = saving.then(() =>
+      writeFile(journal, JSON.stringify({ sha256, size, rangeSize, done: [...done] })).catch(() => undefined),
+    );
+    return saving;
+  };
+  try {
+    const worker = async () => {
+      for (let i = todo.shift(); i !== undefined; i = todo.shift()) {
+        const offset = i * rangeSize;
+        const length = Math.min(rangeSize, size - offset);
+        if (length === 0) continue;
+        await withRetry(
+          `downloading bytes ${offset}-${offset + length - 1} of ${sha256}`,
+          options.attempts ?? 6,
+          options.signal,
+          async () => {
+            let at = offset;
+            for await (const m of client.getBlob(
+              { sha256, offset: BigInt(offset), length: BigInt(length) },
+              options.signal ? { signal: options.signal } : {},
+            )) {
+              await file.write(m.chunk, 0, m.chunk.byteLength, at);
+              at += m.chunk.byteLength;
+            }
+            if (at !== offset + length)
+              throw new NearhubError(Code.Unavailable, `the stream ended after ${at - offset} of ${length} bytes`);
+          },
+        );
+        await file.datasync();
+        done.add(i);
+        fetched++;
+        options.onProgress?.(length);
+        await save();
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, options.parallel ?? 4) }, worker));
+  } finally {
+    await file.close();
+    await saving;
+  }
+  const actual = await hashFile(part);
+  if (actual.sha256 !== sha256 || actual.size !== size) {
+    await rm(part, { force: true });
+    await rm(journal, { force: true });
+    throw new NearhubError(
+      Code.DataLoss,
+      `downloaded ${dest} hashes to ${actual.sha256}, not ${sha256}; deleted, run again`,
+    );
+  }
+  await rename(part, dest);
+  await rm(journal, { force: true });
+  return { rangesFetched: fetched, rangesSkipped: skipped };
+}

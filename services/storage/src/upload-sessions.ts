@@ -1,0 +1,427 @@
+import { createHash, randomUUID } from "node:crypto";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import type { KV } from "@nats-io/kv";
+import { Code, NearhubError, type Logger } from "@nearhub/platform";
+import type { UploadSessionSchema } from "@nearhub/proto/storage";
+import { Counter, type Registry as PromRegistry } from "prom-client";
+import { SHA256, type BlobStore, type ChunkPart, type ChunkedHandle } from "./blob-store.js";
+
+export const MIB = 1024 * 1024;
+/** The default chunk size. */
+export const DEFAULT_CHUNK = 64 * MIB;
+/** S3's smallest part (except the last). */
+export const MIN_CHUNK = 5 * MIB;
+export const MAX_CHUNK_SIZE = 512 * MIB;
+/** S3's most parts per upload. */
+const MAX_CHUNKS = 10_000;
+/** Chunk bytes held in memory at once across all UploadChunk calls of this process. */
+const DEFAULT_MEMORY_BUDGET = 1024 * MIB;
+
+/** `s.<id>` in the `upload-sessions` bucket. */
+interface SessionRecord {
+  id: string;
+  sha256: string;
+  size: number;
+  chunkSize: number;
+  chunkCount: number;
+  handle: ChunkedHandle;
+  createdAt: number;
+  /** Set once CompleteUpload succeeded; the record stays until expiry so a retry is answered. */
+  completed?: { created: boolean };
+}
+
+/** `c.<id>.<index>`: a chunk that is durably stored. */
+interface ChunkRecord {
+  sha256: string;
+  size: number;
+  etag: string;
+  at: number;
+}
+
+const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+function isCasConflict(error: unknown): boolean {
+  const e = error as { code?: unknown; message?: string };
+  return e?.code === 10071 || /wrong last sequence|key exists/i.test(e?.message ?? "");
+}
+
+/** Options of {@link UploadSessions}. */
+export interface UploadSessionsOptions {
+  /** Idle time after which a session and its parts are removed. */
+  ttlMs: number;
+  logger: Logger;
+  /** Chunk bytes buffered at once in this process (1 GiB by default); more is RESOURCE_EXHAUSTED. */
+  memoryBudget?: number;
+  registry?: PromRegistry;
+}
+
+/**
+ * Resumable chunked uploads. All state is in the `upload-sessions` KV bucket: the session
+ * (`s.<id>`, with the backend handle), one key per stored chunk (`c.<id>.<index>`, written
+ * only after the chunk is durable, so no two writers contend on one key) and an index from
+ * blob to open session (`h.<sha256>.<size>`, created with compare-and-set, so concurrent
+ * uploads of one blob share one session and produce one object).
+ */
+export class UploadSessions {
+  readonly chunks: Counter<"result">;
+  readonly bytes: Counter;
+  readonly sessions: Counter<"outcome">;
+  private buffered = 0;
+
+  constructor(
+    private readonly kv: KV,
+    private readonly store: BlobStore,
+    private readonly options: UploadSessionsOptions,
+  ) {
+    const registers = options.registry ? [options.registry] : [];
+    this.chunks = new Counter({
+      name: "nearhub_storage_upload_chunks_total",
+      help: "UploadChunk calls by result (stored, duplicate, rejected)",
+      labelNames: ["result"],
+      registers,
+    });
+    this.bytes = new Counter({
+      name: "nearhub_storage_upload_chunk_bytes_total",
+      help: "Bytes of chunks stored by resumable uploads",
+      registers,
+    });
+    this.sessions = new Counter({
+      name: "nearhub_storage_upload_sessions_total",
+      help: "Upload sessions by outcome (started, resumed, completed, aborted, expired, failed)",
+      labelNames: ["outcome"],
+      registers,
+    });
+  }
+
+  private async read(id: string): Promise<{ record: SessionRecord; revision: number } | undefined> {
+    const entry = await this.kv.get(`s.${id}`);
+    if (!entry || entry.operation !== "PUT") return undefined;
+    return { record: entry.json<SessionRecord>(), revision: entry.revision };
+  }
+
+  /** The session or NOT_FOUND with what to do. */
+  async get(id: string): Promise<SessionRecord> {
+    if (!SESSION_ID.test(id)) {
+      throw new NearhubError(
+        Code.InvalidArgument,
+        `session_id ${JSON.stringify(id.slice(0, 80))} is not an upload session id (a UUID from StartUpload)`,
+      );
+    }
+    const found = await this.read(id);
+    if (!found) {
+      throw new NearhubError(
+        Code.NotFound,
+        `upload session ${id} does not exist (never started, aborted, or expired); call StartUpload again`,
+      );
+    }
+    return found.record;
+  }
+
+  /** Stored chunks by index. */
+  async received(id: string): Promise<Map<number, ChunkRecord>> {
+    const out = new Map<number, ChunkRecord>();
+    const keys: string[] = [];
+    for await (const k of await this.kv.keys(`c.${id}.*`)) keys.push(k);
+    await Promise.all(
+      keys.map(async (k) => {
+        const entry = await this.kv.get(k);
+        if (entry && entry.operation === "PUT") out.set(Number(k.split(".")[2]), entry.json<ChunkRecord>());
+      }),
+    );
+    return out;
+  }
+
+  async describe(
+    record: SessionRecord,
+    received?: Map<number, ChunkRecord>,
+  ): Promise<MessageInitShape<typeof UploadSessionSchema>> {
+    const chunks = received ?? (await this.received(record.id));
+    const lastActivity = Math.max(record.createdAt, ...[...chunks.values()].map((c) => c.at));
+    return {
+      sessionId: record.id,
+      sha256: record.sha256,
+      size: BigInt(record.size),
+      chunkSize: BigInt(record.chunkSize),
+      chunkCount: record.chunkCount,
+      received: [...chunks.keys()].sort((a, b) => a - b),
+      createdAt: timestampFromMs(record.createdAt),
+      expiresAt: timestampFromMs(lastActivity + this.options.ttlMs),
+    };
+  }
+
+  /** Opens a session, or returns the open one for the same blob; undefined when the blob is stored. */
+  async start(
+    sha256: string,
+    size: number,
+    requestedChunk: number,
+  ): Promise<{ record?: SessionRecord; resumed: boolean }> {
+    if (!SHA256.test(sha256)) {
+      throw new NearhubError(
+        Code.InvalidArgument,
+        `${JSON.stringify(sha256.slice(0, 80))} is not a sha256: expected 64 lower-case hex characters`,
+      );
+    }
+    if (!Number.isSafeInteger(size) || size < 1) {
+      throw new NearhubError(
+        Code.InvalidArgument,
+        `size ${size} must be at least 1 byte (send empty blobs with PutBlob)`,
+      );
+    }
+    const chunkSize = requestedChunk === 0 ? DEFAULT_CHUNK : requestedChunk;
+    if (!Number.isSafeInteger(chunkSize) || chunkSize < MIN_CHUNK || chunkSize > MAX_CHUNK_SIZE) {
+      throw new NearhubError(
+        Code.InvalidArgument,
+        `chunk_size ${requestedChunk} must be between ${MIN_CHUNK} (5 MiB) and ${MAX_CHUNK_SIZE} (512 MiB), or 0 for 64 MiB`,
+      );
+    }
+    const chunkCount = Math.ceil(size / chunkSize);
+    if (chunkCount > MAX_CHUNKS) {
+      throw new NearhubError(
+        Code.InvalidArgument,
+        `${size} bytes in chunks of ${chunkSize} make ${chunkCount} chunks; at most ${MAX_CHUNKS}: use a chunk_size of at least ${Math.ceil(size / MAX_CHUNKS)}`,
+      );
+    }
+    if (await this.store.stat(sha256)) return { resumed: false };
+    const indexKey = `h.${sha256}.${size}`;
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const existing = await this.kv.get(indexKey);
+      if (existing && existing.operation === "PUT") {
+        const found = await this.read(existing.string());
+        if (found && !found.record.completed) {
+          this.sessions.inc({ outcome: "resumed" });
+          return { record: found.record, resumed: true };
+        }
+        // The index outlived its session (a crash between steps): replace it.
+        await this.kv.delete(indexKey, { previousSeq: existing.revision }).catch(() => undefined);
+        continue;
+      }
+      const id = randomUUID();
+      const handle = await this.store.beginChunked(id, size);
+      const record: SessionRecord = { id, sha256, size, chunkSize, chunkCount, handle, createdAt: Date.now() };
+      await this.kv.put(`s.${id}`, JSON.stringify(record));
+      try {
+        if (existing) await this.kv.update(indexKey, id, existing.revision);
+        else await this.kv.create(indexKey, id);
+      } catch (error) {
+        // Another client started the same blob at the same moment: use its session.
+        await this.discard(record);
+        if (!isCasConflict(error)) throw error;
+        continue;
+      }
+      this.sessions.inc({ outcome: "started" });
+      return { record, resumed: false };
+    }
+    throw new NearhubError(Code.Aborted, `could not open an upload session for ${sha256}; retry`);
+  }
+
+  /**
+   * Stores chunk `index` from `pieces` after checking its size and sha256. A chunk already
+   * stored with the same sha256 is acknowledged, its bytes read and discarded.
+   */
+  async putChunk(
+    id: string,
+    index: number,
+    chunkSha256: string,
+    pieces: AsyncIterable<Uint8Array>,
+    signal: AbortSignal,
+  ): Promise<{ stored: boolean; receivedCount: number }> {
+    const record = await this.get(id);
+    if (!Number.isInteger(index) || index < 0 || index >= record.chunkCount) {
+      this.chunks.inc({ result: "rejected" });
+      throw new NearhubError(
+        Code.OutOfRange,
+        `chunk index ${index} is out of range: session ${id} has chunks 0..${record.chunkCount - 1}`,
+      );
+    }
+    if (!SHA256.test(chunkSha256)) {
+      this.chunks.inc({ result: "rejected" });
+      throw new NearhubError(
+        Code.InvalidArgument,
+        `chunk sha256 ${JSON.stringify(chunkSha256.slice(0, 80))} must be 64 lower-case hex characters`,
+      );
+    }
+    const expected = Math.min(record.chunkSize, record.size - index * record.chunkSize);
+    const prior = await this.kv.get(`c.${id}.${index}`);
+    // Another client sharing the session may have completed it: every chunk is in.
+    const duplicate =
+      record.completed !== undefined ||
+      (prior?.operation === "PUT" && prior.json<ChunkRecord>().sha256 === chunkSha256);
+    const budget = this.options.memoryBudget ?? DEFAULT_MEMORY_BUDGET;
+    if (!duplicate && this.buffered + expected > budget) {
+      this.chunks.inc({ result: "rejected" });
+      throw new NearhubError(
+        Code.ResourceExhausted,
+        `storage is holding ${this.buffered} bytes of chunks in flight (limit ${budget}); retry this chunk shortly or send fewer in parallel`,
+      );
+    }
+    if (!duplicate) this.buffered += expected;
+    try {
+      return await this.receive(record, index, chunkSha256, expected, duplicate, pieces, signal);
+    } finally {
+      if (!duplicate) this.buffered -= expected;
+    }
+  }
+
+  private async receive(
+    record: SessionRecord,
+    index: number,
+    chunkSha256: string,
+    expected: number,
+    duplicate: boolean,
+    pieces: AsyncIterable<Uint8Array>,
+    signal: AbortSignal,
+  ): Promise<{ stored: boolean; receivedCount: number }> {
+    const id = record.id;
+    const offset = index * record.chunkSize;
+    const buffer = duplicate ? undefined : Buffer.allocUnsafe(expected);
+    const hash = createHash("sha256");
+    let received = 0;
+    for await (const piece of pieces) {
+      signal.throwIfAborted();
+      if (received + piece.byteLength > expected) {
+        this.chunks.inc({ result: "rejected" });
+        throw new NearhubError(
+          Code.InvalidArgument,
+          `chunk ${index} is larger than its ${expected} bytes (chunk_size ${record.chunkSize}, blob size ${record.size}); nothing was stored`,
+        );
+      }
+      if (buffer) {
+        buffer.set(piece, received);
+        hash.update(piece);
+      }
+      received += piece.byteLength;
+    }
+    if (received !== expected) {
+      this.chunks.inc({ result: "rejected" });
+      throw new NearhubError(
+        Code.InvalidArgument,
+        `chunk ${index} has ${received} bytes but must have ${expected}; nothing was stored`,
+      );
+    }
+    if (!buffer) {
+      this.chunks.inc({ result: "duplicate" });
+      return { stored: false, receivedCount: record.completed ? record.chunkCount : (await this.received(id)).size };
+    }
+    const actual = hash.digest("hex");
+    if (actual !== chunkSha256) {
+      this.chunks.inc({ result: "rejected" });
+      throw new NearhubError(
+        Code.DataLoss,
+        `chunk ${index} hashes to ${actual}, not the declared ${chunkSha256}: it was corrupted in transit; resend it`,
+      );
+    }
+    let etag: string;
+    try {
+      ({ etag } = await this.store.writeChunk(record.handle, index, offset, buffer));
+    } catch (error) {
+      // Another client sharing the session completed it while this chunk was in flight.
+      if (NearhubError.from(error).code === Code.NotFound && (await this.store.stat(record.sha256))) {
+        this.chunks.inc({ result: "duplicate" });
+        return { stored: false, receivedCount: record.chunkCount };
+      }
+      throw error;
+    }
+    const chunk: ChunkRecord = { sha256: actual, size: expected, etag, at: Date.now() };
+    await this.kv.put(`c.${id}.${index}`, JSON.stringify(chunk));
+    this.chunks.inc({ result: "stored" });
+    this.bytes.inc(expected);
+    return { stored: true, receivedCount: (await this.received(id)).size };
+  }
+
+  /** Verifies and commits; answers a repeated call on a completed session from its record. */
+  async complete(id: string): Promise<{ record: SessionRecord; created: boolean }> {
+    const found = await this.read((await this.get(id)).id);
+    if (!found) throw new NearhubError(Code.NotFound, `upload session ${id} does not exist`);
+    const { record } = found;
+    if (record.completed) return { record, created: false };
+    const chunks = await this.received(id);
+    const missing: number[] = [];
+    for (let i = 0; i < record.chunkCount; i++) if (!chunks.has(i)) missing.push(i);
+    if (missing.length > 0) {
+      throw new NearhubError(
+        Code.FailedPrecondition,
+        `upload session ${id} is missing ${missing.length} of ${record.chunkCount} chunks (${missing.slice(0, 20).join(", ")}${missing.length > 20 ? ", …" : ""}); upload them, then complete`,
+      );
+    }
+    const parts: ChunkPart[] = [...chunks.entries()].map(([index, c]) => ({ index, etag: c.etag, size: c.size }));
+    let created: boolean;
+    try {
+      ({ created } = await this.store.completeChunked(
+        record.handle,
+        { sha256: record.sha256, size: record.size },
+        parts,
+      ));
+    } catch (error) {
+      const e = NearhubError.from(error);
+      if (e.code === Code.InvalidArgument) {
+        // The declared sha256 cannot be met by these chunks: the session is useless.
+        await this.discard(record);
+        this.sessions.inc({ outcome: "failed" });
+      }
+      throw e;
+    }
+    await this.kv
+      .update(`s.${id}`, JSON.stringify({ ...record, completed: { created } }), found.revision)
+      .catch(() => undefined);
+    await this.dropChunksAndIndex(record);
+    this.sessions.inc({ outcome: "completed" });
+    return { record, created };
+  }
+
+  async abort(id: string): Promise<boolean> {
+    if (!SESSION_ID.test(id)) await this.get(id);
+    const found = await this.read(id);
+    if (!found) return false;
+    await this.discard(found.record);
+    this.sessions.inc({ outcome: "aborted" });
+    return true;
+  }
+
+  private async dropChunksAndIndex(record: SessionRecord): Promise<void> {
+    const keys: string[] = [];
+    for await (const k of await this.kv.keys(`c.${record.id}.*`)) keys.push(k);
+    for (const k of keys) await this.kv.purge(k);
+    const index = await this.kv.get(`h.${record.sha256}.${record.size}`);
+    if (index?.operation === "PUT" && index.string() === record.id) {
+      await this.kv.purge(`h.${record.sha256}.${record.size}`).catch(() => undefined);
+    }
+  }
+
+  /** Removes the session, its chunks and its backend parts (best effort). */
+  private async discard(record: SessionRecord): Promise<void> {
+    if (!record.completed) await this.store.abortChunked(record.handle);
+    await this.dropChunksAndIndex(record);
+    await this.kv.purge(`s.${record.id}`);
+  }
+
+  /** Removes sessions idle for longer than the TTL; returns how many. */
+  async sweep(now = Date.now()): Promise<number> {
+    const ids: string[] = [];
+    for await (const k of await this.kv.keys("s.*")) ids.push(k.slice(2));
+    let removed = 0;
+    for (const id of ids) {
+      const found = await this.read(id);
+      if (!found) continue;
+      const chunks = found.record.completed ? new Map<number, ChunkRecord>() : await this.received(id);
+      const lastActivity = Math.max(found.record.createdAt, ...[...chunks.values()].map((c) => c.at));
+      if (now - lastActivity < this.options.ttlMs) continue;
+      try {
+        await this.discard(found.record);
+        removed++;
+        if (!found.record.completed) this.sessions.inc({ outcome: "expired" });
+      } catch (error) {
+        this.options.logger.warn("could not remove an expired upload session", { session: id, error });
+      }
+    }
+    if (removed > 0) this.options.logger.info("removed expired upload sessions", { count: removed });
+    return removed;
+  }
+
+  /** Ids of sessions that are open (not completed): uploads in flight, for garbage collection. */
+  async openShas(): Promise<Set<string>> {
+    const out = new Set<string>();
+    for await (const k of await this.kv.keys("h.>")) out.add(k.split(".")[1] ?? "");
+    return out;
+  }
+}
