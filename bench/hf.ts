@@ -8,7 +8,9 @@
  */
 import { randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { Agent, request } from "node:http";
+import { Agent, createServer, request } from "node:http";
+import type { AddressInfo } from "node:net";
+import { pipeline } from "node:stream/promises";
 import { join } from "node:path";
 import { createClient, parseEnv } from "@nearhub/platform";
 import { StorageService } from "@nearhub/proto/storage";
@@ -98,17 +100,32 @@ export async function main(): Promise<void> {
 
     const warm: number[] = [];
     const disk: number[] = [];
+    const bare: number[] = [];
     const cached = join(dir.path, "hf-cache", "blobs", sha);
+    // A second baseline: a bare node HTTP server streaming the same file (the floor of any
+    // node server on this machine), so the edge's own overhead shows apart from HTTP's.
+    const plain = createServer((_req, res) => {
+      res.writeHead(200, { "content-length": String(big.length) });
+      pipeline(createReadStream(cached, { highWaterMark: 1024 * 1024 }), res).catch(() => res.destroy());
+    });
+    await new Promise<void>((resolve) => plain.listen(0, "127.0.0.1", resolve));
+    const plainUrl = `http://127.0.0.1:${(plain.address() as AddressInfo).port}/`;
     for (let i = 0; i < ROUNDS; i++) {
       const r = await get(url);
       if (r.bytes !== big.length) throw new Error(`warm download got ${r.bytes} bytes`);
       warm.push(mbps(r.bytes, r.totalMs));
       disk.push(mbps(big.length, await readDisk(cached)));
+      const p = await get(plainUrl);
+      bare.push(mbps(p.bytes, p.totalMs));
     }
+    plain.close();
     const w = median(warm);
     const d = median(disk);
     console.log(
       `hf warm (hot cache, ${MB} MiB, median of ${ROUNDS}): ${w.toFixed(0)} MB/s; local disk read of the same bytes ${d.toFixed(0)} MB/s; ratio ${(w / d).toFixed(2)} (target >= 0.7 and >= 1500 MB/s)`,
+    );
+    console.log(
+      `hf warm vs a bare node HTTP server streaming the same file: ${median(bare).toFixed(0)} MB/s; ratio ${(w / median(bare)).toFixed(2)}`,
     );
 
     const small = `${base}/bench/big/resolve/main/config.json`;

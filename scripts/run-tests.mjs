@@ -43,7 +43,15 @@ for (const root of suite.roots) {
 files.sort();
 const child = spawn(
   process.execPath,
-  ["--conditions=development", "--import", "tsx", "--test", `--test-concurrency=${suite.concurrency}`, ...files],
+  [
+    "--conditions=development",
+    "--import",
+    "tsx",
+    "--test",
+    "--test-timeout=300000",
+    `--test-concurrency=${suite.concurrency}`,
+    ...files,
+  ],
   { stdio: "inherit" },
 );
 child.on("exit", (code, signal) => process.exit(code ?? (signal ? 1 : 0)));

@@ -16,7 +16,7 @@ import {
 } from "@nearhub/inference-gateway";
 import { startStorage, storageEnv } from "@nearhub/storage";
 import * as ort from "onnxruntime-node";
-import { deleteNamespace, nats, serviceEnv, tempDir, uniqueNamespace } from "./harness.js";
+import { deleteNamespace, eventually, nats, serviceEnv, tempDir, uniqueNamespace } from "./harness.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 
@@ -284,6 +284,63 @@ describe("remote routing: gateways as KServe v2 backends of a gateway", { timeou
     assert.equal(status[1]?.healthy, true);
     await assert.rejects(
       client.modelInfer({ ...request(0), modelName: "nowhere" }),
+      (e: NearhubError) => e.code === Code.NotFound,
+    );
+  });
+});
+
+describe("remote backends registered through the KV bucket with heartbeats", { timeout: 240_000 }, () => {
+  let natsUrl: string;
+  const ns = uniqueNamespace();
+  let dir: Awaited<ReturnType<typeof tempDir>>;
+  let backend: InferenceGateway | undefined;
+  let front: InferenceGateway;
+  let client: Client<typeof GRPCInferenceService>;
+
+  before(async () => {
+    natsUrl = (await nats()).url;
+    dir = await tempDir();
+    const models = join(dir.path, "models");
+    await mkdir(join(models, "announced", "1"), { recursive: true });
+    await writeFile(join(models, "announced", "1", "model.onnx"), addModel("FP32", 4));
+    await writeFile(join(models, "announced", "1", "nearhub-model.json"), JSON.stringify({ max_batch_size: 8 }));
+    const env = (name: string, extra: Record<string, string>) =>
+      parseEnv("inference-gateway", inferenceEnv, serviceEnv(natsUrl, ns, join(dir.path, name), extra));
+    front = await startInferenceGateway(
+      env("front", { NEARHUB_INFERENCE_DISCOVER: "true", NEARHUB_INFERENCE_PROBE_INTERVAL_MS: "200" }),
+    );
+    backend = await startInferenceGateway(
+      env("backend", { NEARHUB_MODEL_DIR: models, NEARHUB_INFERENCE_ADVERTISE_HOST: "127.0.0.1" }),
+    );
+    client = createClient(GRPCInferenceService, `127.0.0.1:${front.grpcPort}`, { timeoutMs: 60_000 });
+  });
+
+  after(async () => {
+    client?.$close();
+    await front?.stop();
+    await backend?.stop();
+    await deleteNamespace(natsUrl, ns).catch(() => undefined);
+    await dir?.cleanup();
+  });
+
+  test("a gateway that announces itself is routed to, and dropped when it stops", async () => {
+    const address = `127.0.0.1:${backend!.grpcPort}`;
+    await eventually(async () =>
+      front.remotes?.status().some((s) => s.address === address && s.healthy) ? true : undefined,
+    );
+    const r = await client.modelInfer({
+      modelName: "announced",
+      inputs: [
+        { name: "x", datatype: "FP32", shape: [1n, 4n], contents: { fp32Contents: [1, 2, 3, 4] } },
+        { name: "y", datatype: "FP32", shape: [1n, 4n], contents: { fp32Contents: [1, 1, 1, 1] } },
+      ],
+    });
+    assert.deepEqual(r.outputs[0]?.contents?.fp32Contents, [2, 3, 4, 5]);
+    await backend!.stop();
+    backend = undefined;
+    await eventually(async () => (front.remotes?.status().length === 0 ? true : undefined));
+    await assert.rejects(
+      client.modelInfer({ modelName: "announced", inputs: [] }),
       (e: NearhubError) => e.code === Code.NotFound,
     );
   });

@@ -27,6 +27,18 @@ export const inferenceEnv = {
       (list) => list.every((a) => /^[^\s/:]+:\d{1,5}$/.test(a)),
       "must be host:port[,host:port…], e.g. 10.0.0.5:8001",
     ),
+  /** Announce this gateway as a backend in the `inference-backends` KV bucket, reachable at this host. */
+  NEARHUB_INFERENCE_ADVERTISE_HOST: z
+    .string()
+    .regex(/^[^\s/:]+$/, "must be a host name or IPv4 address, e.g. 10.0.0.5")
+    .optional(),
+  /** Route to the backends announced in the `inference-backends` KV bucket as well. */
+  NEARHUB_INFERENCE_DISCOVER: z
+    .enum(["true", "false"], { error: "must be true or false" })
+    .default("false")
+    .transform((v) => v === "true"),
+  /** How long an announcement lives without a heartbeat. */
+  NEARHUB_INFERENCE_HEARTBEAT_TTL_MS: z.coerce.number().int().min(1000).max(3_600_000).default(15_000),
   /** How often remote backends' readiness and model lists are probed. */
   NEARHUB_INFERENCE_PROBE_INTERVAL_MS: z.coerce.number().int().min(100).max(3_600_000).default(5000),
   /** Consecutive backend failures before a remote backend is ejected, and for how long. */

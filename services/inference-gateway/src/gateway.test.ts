@@ -367,6 +367,12 @@ describe("inference gateway over gRPC with ONNX Runtime", { timeout: 120_000 }, 
       /ONNX Runtime cannot load/,
     );
     assert.equal((await client.modelReady({ name: "garbage" })).ready, false);
+    const zero = (await client.modelStatistics({ name: "garbage" })).modelStats;
+    assert.deepEqual(
+      zero.map((m) => [m.name, m.version, m.inferenceCount, m.executionCount]),
+      [["garbage", "1", 0n, 0n]],
+    );
+    await rejectsWith(client.modelStatistics({ name: "ghost" }), Code.NotFound, /not in the repository/);
   });
 
   test("hostile input answers INVALID_ARGUMENT or NOT_FOUND with what to fix", async () => {

@@ -13,7 +13,7 @@ import type { GRPCInferenceService, ModelInferRequest, ModelInferResponseSchema 
 import { SpanStatusCode, trace } from "@opentelemetry/api";
 import type { ModelManager } from "./model-manager.js";
 import type { RemoteBackends } from "./remote-backends.js";
-import { recordRequest, type InferenceMetrics } from "./model-statistics.js";
+import { ModelStats, recordRequest, type InferenceMetrics } from "./model-statistics.js";
 import { decodeInputs, encodeOutput } from "./tensor-codec.js";
 
 /** The server name and version ServerMetadata reports. */
@@ -219,8 +219,12 @@ export function inferenceApi(
       if (readError && !ctx.signal.aborted) throw NearhubError.from(readError, Code.Internal);
     },
     async modelStatistics(request) {
-      if (request.name) await models.resolveVersion(request.name, request.version);
+      const resolved = request.name ? await models.resolveVersion(request.name, request.version) : "";
       const rows = models.statistics(request.name || undefined, request.version || undefined);
+      // A model that has not served yet answers zeros, as Triton does, rather than nothing.
+      if (request.name && rows.length === 0) {
+        rows.push({ name: request.name, version: resolved, stats: new ModelStats(), memoryBytes: 0 });
+      }
       const d = (x: { count: number; ns: number }) => ({ count: BigInt(x.count), ns: BigInt(x.ns) });
       return {
         modelStats: rows.map(({ name, version, stats, memoryBytes }) => ({

@@ -74,6 +74,7 @@ export class ModelManager {
   private readonly stats = new Map<string, ModelStats>();
   private listing: ModelListing[] = [];
   private listedAt = 0;
+  private listingNow: Promise<ModelListing[]> | undefined;
   private readonly createBackend: BackendFactory;
   private closed = false;
 
@@ -81,13 +82,31 @@ export class ModelManager {
     this.createBackend = options.createBackend ?? ortFactory;
   }
 
-  /** The source's models (cached for a second, so hot paths do not list the folder). */
+  /**
+   * The source's models, cached for a second so hot paths do not list the folder or the
+   * registry; concurrent callers share one listing, and when the source cannot be listed
+   * (storage down) the last listing keeps serving, so loaded models keep answering.
+   */
   async list(refresh = false): Promise<ModelListing[]> {
-    if (refresh || Date.now() - this.listedAt > 1000) {
-      this.listing = await this.options.source.list();
-      this.listedAt = Date.now();
-    }
-    return this.listing;
+    if (!refresh && Date.now() - this.listedAt <= 1000) return this.listing;
+    this.listingNow ??= this.options.source
+      .list()
+      .then(
+        (listing) => {
+          this.listing = listing;
+          this.listedAt = Date.now();
+          return listing;
+        },
+        (error: unknown) => {
+          if (this.listedAt === 0) throw error;
+          this.options.logger.warn("model source cannot be listed; serving the last listing", {
+            error: NearhubError.from(error).rawMessage,
+          });
+          return this.listing;
+        },
+      )
+      .finally(() => (this.listingNow = undefined));
+    return this.listingNow;
   }
 
   /** Every model version the source holds, with its state (RepositoryIndex). */

@@ -34,10 +34,14 @@ export interface RemoteBackendsOptions {
   connectTimeoutMs: number;
   logger: Logger;
   registry: Registry;
+  /** Backends registered by heartbeat (the KV bucket), read before every probe round. */
+  discover?: () => Promise<string[]>;
 }
 
 interface Backend {
   address: string;
+  /** Listed in configuration (kept) rather than discovered (dropped when its heartbeat expires). */
+  configured: boolean;
   client: grpc.Client;
   outstanding: number;
   healthy: boolean;
@@ -56,7 +60,7 @@ interface Backend {
  * outcome is the answer.
  */
 export class RemoteBackends {
-  private readonly backends: Backend[];
+  private backends: Backend[];
   private timer: NodeJS.Timeout | undefined;
   private readonly requests: Counter<"backend" | "code">;
   private readonly outstandingGauge: Gauge<"backend">;
@@ -64,18 +68,7 @@ export class RemoteBackends {
   private readonly unsentRetries: Counter<"backend">;
 
   constructor(private readonly options: RemoteBackendsOptions) {
-    this.backends = options.addresses.map((address) => ({
-      address,
-      client: new grpc.Client(address, grpc.credentials.createInsecure(), {
-        "grpc.max_receive_message_length": 64 * 1024 * 1024,
-        "grpc.max_send_message_length": 64 * 1024 * 1024,
-      }),
-      outstanding: 0,
-      healthy: false,
-      models: new Set(),
-      failures: 0,
-      ejectedUntil: 0,
-    }));
+    this.backends = options.addresses.map((address) => newBackend(address, true));
     const registers = [options.registry];
     this.requests = new Counter({
       name: "nearhub_inference_remote_requests_total",
@@ -152,7 +145,31 @@ export class RemoteBackends {
   }
 
   private async probeAll(): Promise<void> {
+    if (this.options.discover) {
+      try {
+        this.reconcile(await this.options.discover());
+      } catch (error) {
+        this.options.logger.warn("cannot read registered backends", { error: NearhubError.from(error).rawMessage });
+      }
+    }
     await Promise.all(this.backends.map((b) => this.probe(b)));
+  }
+
+  /** Adds newly registered backends and drops discovered ones whose registration expired. */
+  private reconcile(discovered: string[]): void {
+    const wanted = new Set(discovered);
+    for (const address of wanted) {
+      if (!this.backends.some((b) => b.address === address)) {
+        this.backends.push(newBackend(address, false));
+        this.options.logger.info("remote backend registered", { backend: address });
+      }
+    }
+    this.backends = this.backends.filter((b) => {
+      if (b.configured || wanted.has(b.address) || b.outstanding > 0) return true;
+      b.client.close();
+      this.options.logger.info("remote backend deregistered", { backend: b.address });
+      return false;
+    });
   }
 
   private async probe(b: Backend): Promise<void> {
@@ -262,6 +279,22 @@ export class RemoteBackends {
       },
     );
   }
+}
+
+function newBackend(address: string, configured: boolean): Backend {
+  return {
+    address,
+    configured,
+    client: new grpc.Client(address, grpc.credentials.createInsecure(), {
+      "grpc.max_receive_message_length": 64 * 1024 * 1024,
+      "grpc.max_send_message_length": 64 * 1024 * 1024,
+    }),
+    outstanding: 0,
+    healthy: false,
+    models: new Set(),
+    failures: 0,
+    ejectedUntil: 0,
+  };
 }
 
 function unary<T>(

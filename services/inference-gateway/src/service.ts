@@ -8,6 +8,7 @@ import { inferenceApi } from "./inference-api.js";
 import { ModelManager, type BackendFactory, type ModelEvent } from "./model-manager.js";
 import { LocalFolderSource, type ModelSource } from "./model-source.js";
 import { CompositeSource, RegistrySource } from "./registry-source.js";
+import { BackendRegistry } from "./backend-registry.js";
 import { RemoteBackends } from "./remote-backends.js";
 import { InferenceMetrics } from "./model-statistics.js";
 
@@ -118,7 +119,13 @@ export async function startInferenceGateway(
         ...(options.createBackend ? { createBackend: options.createBackend } : {}),
       });
       const manager = models;
-      if (config.NEARHUB_INFERENCE_REMOTES.length > 0) {
+      const announce = config.NEARHUB_INFERENCE_ADVERTISE_HOST;
+      const backendRegistry =
+        announce || config.NEARHUB_INFERENCE_DISCOVER
+          ? await BackendRegistry.open(host.bus, config.NEARHUB_INFERENCE_HEARTBEAT_TTL_MS, log)
+          : undefined;
+      const self = announce ? `${announce}:${host.grpcPort}` : "";
+      if (config.NEARHUB_INFERENCE_REMOTES.length > 0 || config.NEARHUB_INFERENCE_DISCOVER) {
         const pool = new RemoteBackends({
           addresses: config.NEARHUB_INFERENCE_REMOTES,
           probeIntervalMs: config.NEARHUB_INFERENCE_PROBE_INTERVAL_MS,
@@ -127,6 +134,9 @@ export async function startInferenceGateway(
           connectTimeoutMs: 2000,
           logger: host.logger.child({ component: "remotes" }),
           registry: host.metrics.registry,
+          ...(config.NEARHUB_INFERENCE_DISCOVER && backendRegistry
+            ? { discover: async () => (await backendRegistry.live()).filter((a) => a !== self) }
+            : {}),
         });
         remotes = pool;
         await pool.start();
@@ -138,6 +148,11 @@ export async function startInferenceGateway(
         await manager.close();
         await Promise.allSettled([...publishing]);
       });
+      if (announce && backendRegistry) {
+        await backendRegistry.advertise(self);
+        // Registered last, so it runs first on stop: no new traffic is routed here while draining.
+        host.onStop(() => backendRegistry.stop());
+      }
     },
   );
   return Object.assign(host, { models: models as unknown as ModelManager, remotes });

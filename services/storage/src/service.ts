@@ -62,16 +62,21 @@ export async function startStorage(
       });
       const every = (name: string, ms: number, job: () => Promise<unknown>) => {
         if (ms <= 0) return;
-        let running = false;
+        let running: Promise<void> | undefined;
         const timer = setInterval(() => {
-          if (running) return;
-          running = true;
-          job()
-            .catch((error: unknown) => logger.warn(`${name} failed`, { error }))
-            .finally(() => (running = false));
+          running ??= job()
+            .then(
+              () => undefined,
+              (error: unknown) => logger.warn(`${name} failed`, { error }),
+            )
+            .finally(() => (running = undefined));
         }, ms);
         timer.unref();
-        host.onStop(() => clearInterval(timer));
+        // A job left running would use the NATS connection after it drains.
+        host.onStop(async () => {
+          clearInterval(timer);
+          await running;
+        });
       };
       every("upload session sweep", config.NEARHUB_UPLOAD_SWEEP_INTERVAL_MS, () => sessions.sweep());
       every("garbage collection", config.NEARHUB_GC_INTERVAL_MS, () => maintenance.collect());

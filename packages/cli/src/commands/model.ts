@@ -37,7 +37,7 @@ export const modelCommand: Command = {
     const [sub, ...rest] = args;
     // add, list, show, sync, remove: scheduled Hugging Face mirrors (hf-model.ts).
     if (sub !== "serve" && sub !== undefined) return hfModelCommand.run(args, ctx);
-    if (sub !== "serve") throw new UsageError(`model takes the subcommand serve (got ${JSON.stringify(sub ?? "")})`);
+    if (sub !== "serve") throw new UsageError("model takes a subcommand: serve, add, list, show, sync or remove");
     const { values, positionals } = parse(rest, {
       name: { type: "string" },
       "max-batch-size": { type: "string" },
