@@ -1,3 +1,4 @@
+export { BACKENDS_BUCKET, BackendRegistry } from "./backend-registry.js";
 export { BatchScheduler } from "./batch-scheduler.js";
 export type { ExecutionReport, RequestTiming, SchedulerOptions, SubmitRequest } from "./batch-scheduler.js";
 export { inferenceEnv } from "./config.js";
@@ -24,6 +25,8 @@ export type { OnnxGraph, OnnxNode, OnnxValue } from "./onnx-model-builder.js";
 export type { GraphValue, TensorData, WorkerTensor } from "./onnx-protocol.js";
 export { CompositeSource, MODEL_CONFIG_FILE, RegistrySource, modelNameOf, repoIdOf } from "./registry-source.js";
 export type { RegistrySourceOptions } from "./registry-source.js";
+export { LAZY_LOAD_REASON, RemoteBackends } from "./remote-backends.js";
+export type { RemoteBackendsOptions } from "./remote-backends.js";
 export { startInferenceGateway } from "./service.js";
 export type { InferenceGateway, InferenceGatewayOptions } from "./service.js";
 export { DATATYPES, decodeInputs, encodeOutput, encodeRawBytes } from "./tensor-codec.js";
