@@ -45,10 +45,13 @@ export async function main(): Promise<void> {
   // bare grpc-js, same serialization
   const raw = new grpc.Server();
   const def = methodDefinition(EchoService.method.echo);
-  raw.addService({ Echo: def }, {
-    Echo: (call: grpc.ServerUnaryCall<{ text: string }, unknown>, cb: grpc.sendUnaryData<unknown>) =>
-      cb(null, create(EchoResponseSchema, { text: call.request.text })),
-  });
+  raw.addService(
+    { Echo: def },
+    {
+      Echo: (call: grpc.ServerUnaryCall<{ text: string }, unknown>, cb: grpc.sendUnaryData<unknown>) =>
+        cb(null, create(EchoResponseSchema, { text: call.request.text })),
+    },
+  );
   const rawPort = await new Promise<number>((resolve, reject) =>
     raw.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
   );

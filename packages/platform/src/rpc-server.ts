@@ -265,7 +265,10 @@ export class RpcServer {
       if (deadlineTimer) clearTimeout(deadlineTimer);
       events.off("cancelled", onCancel);
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      metrics.rpcServerDuration.observe({ rpc_service: serviceName, method: method.name, code: codeName(code) }, seconds);
+      metrics.rpcServerDuration.observe(
+        { rpc_service: serviceName, method: method.name, code: codeName(code) },
+        seconds,
+      );
     }
   }
 }

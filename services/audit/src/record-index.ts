@@ -3,12 +3,7 @@ import { dirname } from "node:path";
 import { create, fromJsonString, toJsonString } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import Database from "better-sqlite3";
-import {
-  AuditEventSchema,
-  AuditRecordSchema,
-  type Decision,
-  type AuditRecord,
-} from "@nearhub/proto/audit";
+import { AuditEventSchema, AuditRecordSchema, type Decision, type AuditRecord } from "@nearhub/proto/audit";
 
 /** Filters of {@link RecordIndex.query}. */
 export interface RecordQuery {
