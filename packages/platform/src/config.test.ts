@@ -24,6 +24,7 @@ describe("parseEnv with the common variables", () => {
       NEARHUB_DATA_DIR: ".nearhub",
       LOG_LEVEL: "info",
       NEARHUB_NATS_CONNECT_TIMEOUT_MS: 15_000,
+      NEARHUB_STREAM_REPLICAS: 1,
       NEARHUB_SHUTDOWN_TIMEOUT_MS: 4000,
     });
   });
