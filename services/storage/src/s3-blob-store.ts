@@ -279,18 +279,26 @@ export class S3BlobStore implements BlobStore {
     bytes: Uint8Array,
   ): Promise<{ etag: string }> {
     const { key, uploadId } = chunkedHandle(handle);
+    const body = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const request = {
+      bucketName: this.bucket,
+      objectName: key,
+      uploadID: uploadId,
+      partNumber: index + 1,
+      headers: { "Content-Length": String(bytes.byteLength) },
+    };
     try {
-      const { etag } = await this.client.uploadPart(
-        {
-          bucketName: this.bucket,
-          objectName: key,
-          uploadID: uploadId,
-          partNumber: index + 1,
-          headers: { "Content-Length": String(bytes.byteLength) },
-        },
-        Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
-      );
-      return { etag };
+      // S3 answers 500/503 now and then (and s3rver under concurrent parts); the part is in
+      // memory, so it can be sent again.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const { etag } = await this.client.uploadPart(request, body);
+          return { etag };
+        } catch (error) {
+          if (attempt >= 4 || !isTransientS3Error(error)) throw error;
+          await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** attempt));
+        }
+      }
     } catch (error) {
       if (error instanceof S3Error && error.code === "NoSuchUpload") {
         throw new NearhubError(
@@ -563,4 +571,16 @@ function withConnectTimeout(
     return req;
   };
   return { request: request as typeof http.request };
+}
+
+/** A 5xx or throttling answer that a retry of the same request may get past. */
+function isTransientS3Error(error: unknown): boolean {
+  const code = (error as { code?: unknown }).code;
+  if (
+    typeof code === "string" &&
+    ["InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout"].includes(code)
+  ) {
+    return true;
+  }
+  return /Retryable HTTP status: 5\d\d|status code 5\d\d/.test((error as Error)?.message ?? "");
 }
