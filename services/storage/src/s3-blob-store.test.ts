@@ -4,43 +4,22 @@ import { createHash, randomBytes } from "node:crypto";
 import { createServer } from "node:net";
 import { Code, NearhubError, createClient, parseEnv, type ServiceHost } from "@nearhub/platform";
 import { StorageService } from "@nearhub/proto/storage";
+import {
+  deleteNamespace,
+  dockerAvailable,
+  nats,
+  s3,
+  serviceEnv,
+  tempDir,
+  uniqueNamespace,
+  type S3Handle,
+} from "@nearhub/testing";
 import { Client } from "minio";
 import { storageEnv } from "./config.js";
 import { S3BlobStore, type S3BlobStoreOptions } from "./s3-blob-store.js";
 import { startStorage } from "./service.js";
 
 const MiB = 1024 * 1024;
-
-/** The part of the shared test harness (tests/harness.ts) this suite uses. */
-interface S3Handle {
-  endpoint: string;
-  accessKey: string;
-  secretKey: string;
-  region: string;
-  createBucket(): Promise<string>;
-  stop(): Promise<void>;
-}
-interface Harness {
-  s3: () => Promise<S3Handle>;
-  nats: () => Promise<{ url: string }>;
-  dockerAvailable: () => Promise<boolean>;
-  uniqueNamespace: (prefix?: string) => string;
-  tempDir: (prefix?: string) => Promise<{ path: string; cleanup: () => Promise<void> }>;
-  serviceEnv: (
-    natsUrl: string,
-    namespace: string,
-    dataDir: string,
-    extra?: Record<string, string>,
-  ) => Record<string, string>;
-  deleteNamespace: (natsUrl: string, namespace: string) => Promise<void>;
-}
-// Loaded at run time (tsx runs the .ts file): a static import would pull tests/ into this
-// package's program, outside its rootDir, and into every build that references it (the image
-// builds without tests/).
-const harnessUrl = new URL("../../../tests/harness.ts", import.meta.url).href;
-const { s3, nats, dockerAvailable, uniqueNamespace, tempDir, serviceEnv, deleteNamespace } = (await import(
-  harnessUrl
-)) as Harness;
 
 function sha256(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
