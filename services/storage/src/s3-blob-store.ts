@@ -190,10 +190,11 @@ export class S3BlobStore implements BlobStore {
       });
       const destination = new CopyDestinationOptions({ Bucket: this.bucket, Object: key });
       try {
+        // A server-side copy of the same bytes is idempotent, so a transient answer is retried.
         if (expected.size <= MAX_SINGLE_COPY) {
-          await this.client.copyObject(source, destination);
+          await retryTransient(() => this.client.copyObject(source, destination));
         } else {
-          await this.client.composeObject(destination, [source]);
+          await retryTransient(() => this.client.composeObject(destination, [source]));
         }
       } catch (error) {
         throw this.fail(error, `copying ${tmp} to ${key}`);
@@ -288,17 +289,9 @@ export class S3BlobStore implements BlobStore {
       headers: { "Content-Length": String(bytes.byteLength) },
     };
     try {
-      // S3 answers 500/503 now and then (and s3rver under concurrent parts); the part is in
-      // memory, so it can be sent again.
-      for (let attempt = 1; ; attempt++) {
-        try {
-          const { etag } = await this.client.uploadPart(request, body);
-          return { etag };
-        } catch (error) {
-          if (attempt >= 4 || !isTransientS3Error(error)) throw error;
-          await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** attempt));
-        }
-      }
+      // The part is in memory, so it can be sent again.
+      const { etag } = await retryTransient(() => this.client.uploadPart(request, body));
+      return { etag };
     } catch (error) {
       if (error instanceof S3Error && error.code === "NoSuchUpload") {
         throw new NearhubError(
@@ -571,6 +564,21 @@ function withConnectTimeout(
     return req;
   };
   return { request: request as typeof http.request };
+}
+
+/**
+ * Runs an idempotent S3 request, again after a short backoff when the answer was a 5xx or
+ * throttling (S3 does that now and then; s3rver does under concurrent writes to one key).
+ */
+async function retryTransient<T>(request: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await request();
+    } catch (error) {
+      if (attempt >= 4 || !isTransientS3Error(error)) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** attempt));
+    }
+  }
 }
 
 /** A 5xx or throttling answer that a retry of the same request may get past. */

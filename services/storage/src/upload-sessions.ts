@@ -68,6 +68,8 @@ export class UploadSessions {
   readonly bytes: Counter;
   readonly sessions: Counter<"outcome">;
   private buffered = 0;
+  /** Chunk writes and completions in progress in this process, by key (see `exclusive`). */
+  private readonly writing = new Map<string, Promise<void>>();
 
   constructor(
     private readonly kv: KV,
@@ -241,6 +243,39 @@ export class UploadSessions {
         `chunk sha256 ${JSON.stringify(chunkSha256.slice(0, 80))} must be 64 lower-case hex characters`,
       );
     }
+    // Clients sharing a session may send the same chunk at once. Let one write it and the
+    // others find it stored: an overwrite racing the completion could hand S3 (or s3rver,
+    // which does not replace parts atomically) a part that is half rewritten.
+    // Read the session again inside: a writer we waited for may have completed it.
+    return this.exclusive(`chunk.${id}.${index}`, async () =>
+      this.putChunkAlone(await this.get(id), index, chunkSha256, pieces, signal),
+    );
+  }
+
+  /**
+   * Runs `fn` after any other run with the same key in this process has finished: one writer
+   * per chunk, one completer per session.
+   */
+  private async exclusive<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    for (let busy = this.writing.get(key); busy; busy = this.writing.get(key)) await busy;
+    let release: () => void = () => undefined;
+    this.writing.set(key, new Promise<void>((resolve) => (release = resolve)));
+    try {
+      return await fn();
+    } finally {
+      this.writing.delete(key);
+      release();
+    }
+  }
+
+  private async putChunkAlone(
+    record: SessionRecord,
+    index: number,
+    chunkSha256: string,
+    pieces: AsyncIterable<Uint8Array>,
+    signal: AbortSignal,
+  ): Promise<{ stored: boolean; receivedCount: number }> {
+    const id = record.id;
     const expected = Math.min(record.chunkSize, record.size - index * record.chunkSize);
     const prior = await this.kv.get(`c.${id}.${index}`);
     // Another client sharing the session may have completed it: every chunk is in.
@@ -331,6 +366,11 @@ export class UploadSessions {
 
   /** Verifies and commits; answers a repeated call on a completed session from its record. */
   async complete(id: string): Promise<{ record: SessionRecord; created: boolean }> {
+    // Clients sharing a session may complete it at once; the second finds it completed.
+    return this.exclusive(`complete.${id}`, () => this.completeAlone(id));
+  }
+
+  private async completeAlone(id: string): Promise<{ record: SessionRecord; created: boolean }> {
     const found = await this.read((await this.get(id)).id);
     if (!found) throw new NearhubError(Code.NotFound, `upload session ${id} does not exist`);
     const { record } = found;
