@@ -2,12 +2,14 @@
  * Git serving and sync cost, on loopback with the real `git`:
  * 1. a repository generated with `git fast-import` (BENCH_GIT_COMMITS, default 20,000 commits),
  *    cloned in full and partially (`--filter=blob:none`) through the edge and straight from
- *    `git http-backend` serving the same bare repository: medians of both and their ratio;
+ *    `git http-backend` serving the same bare repository: medians of both and their ratio; the
+ *    full clone also over SSH (edge's ssh2 server bridged to upload-pack in sync) against it;
  * 2. BENCH_GIT_MIRRORS (default 1,000) mirrors whose upstream did not change, all synced once:
  *    wall time and CPU seconds of that no-op round.
  */
 import { execFile, spawn } from "node:child_process";
-import { cp, mkdir, mkdtemp, rm } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -17,7 +19,7 @@ import { createClient, parseEnv } from "@nearhub/platform";
 import { SyncService } from "@nearhub/proto/sync";
 import { edgeEnv, startEdge } from "@nearhub/edge";
 import { serveGitHttpBackend, startSync, syncEnv } from "@nearhub/sync";
-import { deleteNamespace, nats, serviceEnv, uniqueNamespace } from "@nearhub/testing";
+import { adminAuth, deleteNamespace, nats, serviceEnv, uniqueNamespace } from "@nearhub/testing";
 
 const run = promisify(execFile);
 const COMMITS = Number(process.env["BENCH_GIT_COMMITS"] ?? 20_000);
@@ -58,10 +60,10 @@ async function generate(bare: string): Promise<number> {
   return Date.now() - started;
 }
 
-async function timeClone(url: string, dir: string, extra: string[]): Promise<number> {
+async function timeClone(url: string, dir: string, extra: string[], env: NodeJS.ProcessEnv = {}): Promise<number> {
   await rm(dir, { recursive: true, force: true });
   const t = process.hrtime.bigint();
-  await run("git", ["clone", "-q", "--bare", ...extra, url, dir], { env: ENV, maxBuffer: 1 << 26 });
+  await run("git", ["clone", "-q", "--bare", ...extra, url, dir], { env: { ...ENV, ...env }, maxBuffer: 1 << 26 });
   return Number(process.hrtime.bigint() - t) / 1e6;
 }
 
@@ -86,10 +88,22 @@ export async function main(): Promise<void> {
   console.log(`git: generated ${COMMITS} commits with git fast-import in ${(genMs / 1000).toFixed(1)} s`);
 
   const origin = await serveGitHttpBackend({ root: originRoot });
+  // SSH: one key, authorized as user:bench, and a free port for the edge's SSH server.
+  const key = join(dir, "id_bench");
+  await run("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "user:bench", "-f", key]);
+  await writeFile(join(dir, "authorized_keys"), await readFile(`${key}.pub`));
+  const probe = createNetServer();
+  await new Promise<void>((r) => probe.listen(0, "127.0.0.1", r));
+  const sshPort = (probe.address() as AddressInfo).port;
+  await new Promise<void>((r) => probe.close(() => r()));
+  const sshEnv = {
+    GIT_SSH_COMMAND: `ssh -i ${key} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes`,
+  };
   const env = serviceEnv(natsUrl, ns, join(dir, "data"), {
     NEARHUB_GIT_UPSTREAMS: `github.com=${origin.url}`,
     NEARHUB_GIT_SCHEDULER_TICK_MS: "600000",
     NEARHUB_GIT_SYNC_CONCURRENCY: "4",
+    NEARHUB_ANONYMOUS_READ: "github.com/*",
   });
   const sync = await startSync(parseEnv("sync", syncEnv, env));
   const edge = await startEdge(
@@ -97,9 +111,14 @@ export async function main(): Promise<void> {
       ...env,
       NEARHUB_SYNC_ADDR: `127.0.0.1:${sync.grpcPort}`,
       NEARHUB_SYNC_GIT_URL: `http://127.0.0.1:${sync.gitHttpPort}`,
+      NEARHUB_SSH_PORT: String(sshPort),
+      NEARHUB_SSH_AUTHORIZED_KEYS: join(dir, "authorized_keys"),
     }),
   );
-  const client = createClient(SyncService, `127.0.0.1:${sync.grpcPort}`, { timeoutMs: 600_000 });
+  const client = createClient(SyncService, `127.0.0.1:${sync.grpcPort}`, {
+    timeoutMs: 600_000,
+    metadata: adminAuth(ns),
+  });
   try {
     const t = Date.now();
     await client.addMirror({ name: "github.com/bench/big" });
@@ -125,6 +144,21 @@ export async function main(): Promise<void> {
       const d = median(direct);
       console.log(
         `git: ${label}: edge median ${e.toFixed(0)} ms, git http-backend median ${d.toFixed(0)} ms, ratio ${(e / d).toFixed(2)} (target ≤ 1.10; ${ROUNDS} rounds each)`,
+      );
+    }
+    {
+      const sshUrl = `ssh://git@127.0.0.1:${sshPort}/github.com/bench/big.git`;
+      const viaSsh: number[] = [];
+      const direct: number[] = [];
+      await timeClone(sshUrl, join(dir, "warm"), [], sshEnv);
+      for (let i = 0; i < ROUNDS; i++) {
+        direct.push(await timeClone(directUrl, join(dir, "c-direct"), []));
+        viaSsh.push(await timeClone(sshUrl, join(dir, "c-ssh"), [], sshEnv));
+      }
+      const e = median(viaSsh);
+      const d = median(direct);
+      console.log(
+        `git: full clone over SSH: edge median ${e.toFixed(0)} ms, git http-backend median ${d.toFixed(0)} ms, ratio ${(e / d).toFixed(2)} (${ROUNDS} rounds each)`,
       );
     }
 

@@ -18,6 +18,8 @@ export interface LoadSpec {
   request: Uint8Array;
   /** Closed-loop: requests kept in flight. */
   concurrency: number;
+  /** Request metadata sent with every call, e.g. `authorization`. */
+  metadata?: Record<string, string>;
   /** Open-loop instead: requests started per second (unary only). */
   rate?: number;
   durationMs: number;
@@ -32,6 +34,8 @@ export interface LoadResult {
   throughput: number;
   p50: number;
   p99: number;
+  /** Open loop: p99 of how late the generator itself sent after the scheduled time (ms). */
+  sendLagP99?: number;
   firstError?: string;
 }
 
@@ -47,21 +51,28 @@ function percentile(sorted: Float64Array, p: number): number {
 export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
   const client = new grpc.Client(spec.target, grpc.credentials.createInsecure(), {
     "grpc.max_receive_message_length": 64 * 1024 * 1024,
+    "grpc.enable_channelz": 0,
   });
   await new Promise<void>((resolve, reject) =>
     client.waitForReady(Date.now() + 5000, (e) => (e ? reject(e) : resolve())),
   );
   const request = Buffer.from(spec.request);
+  const metadata = new grpc.Metadata();
+  for (const [k, v] of Object.entries(spec.metadata ?? {})) metadata.set(k, v);
   const latencies: number[] = [];
+  const lags: number[] = [];
   let errors = 0;
   let firstError: string | undefined;
   const start = performance.now();
   const measureFrom = start + spec.warmupMs;
   const stopAt = measureFrom + spec.durationMs;
   let measuredCompleted = 0;
+  // Closed loop counts what completes inside the window. Open loop counts every request
+  // scheduled inside it, however late it completes (dropping the slow tail would hide queueing).
+  const open = spec.kind === "unary" && spec.rate !== undefined && spec.rate > 0;
   const record = (sentAt: number, error?: unknown) => {
     const now = performance.now();
-    if (sentAt < measureFrom || now > stopAt) return;
+    if (sentAt < measureFrom || (open ? sentAt >= stopAt : now > stopAt)) return;
     if (error) {
       errors++;
       firstError ??= (error as Error).message;
@@ -74,21 +85,26 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
   if (spec.kind === "unary") {
     const call = (sentAt: number) =>
       new Promise<void>((resolve) => {
-        client.makeUnaryRequest(spec.path, passthrough, identity, request, (error) => {
+        client.makeUnaryRequest(spec.path, passthrough, identity, request, metadata, (error) => {
           record(sentAt, error ?? undefined);
           resolve();
         });
       });
-    if (spec.rate) {
-      const interval = 1000 / spec.rate;
+    if (open) {
+      // Sends follow the wall clock (the schedule never waits for answers) and each latency
+      // counts from its scheduled time; how late the generator itself sent is reported apart.
+      const interval = 1000 / (spec.rate as number);
       const inflight = new Set<Promise<void>>();
       let next = performance.now();
-      while (performance.now() < stopAt) {
-        while (next <= performance.now()) {
+      while (next < stopAt) {
+        let now = performance.now();
+        while (next <= now && next < stopAt) {
+          if (next >= measureFrom) lags.push(now - next);
           const p = call(next);
           inflight.add(p);
           void p.then(() => inflight.delete(p));
           next += interval;
+          now = performance.now();
         }
         await new Promise((r) => setTimeout(r, Math.max(0, Math.min(1, next - performance.now()))));
       }
@@ -101,7 +117,7 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
       );
     }
   } else {
-    const stream = client.makeBidiStreamRequest(spec.path, passthrough, identity);
+    const stream = client.makeBidiStreamRequest(spec.path, passthrough, identity, metadata);
     const sent: number[] = [];
     let head = 0;
     let done!: () => void;
@@ -141,6 +157,7 @@ export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
     throughput: measuredCompleted / seconds,
     p50: percentile(sorted, 50),
     p99: percentile(sorted, 99),
+    ...(open ? { sendLagP99: percentile(Float64Array.from(lags).sort(), 99) } : {}),
     ...(firstError ? { firstError } : {}),
   };
 }

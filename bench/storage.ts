@@ -4,22 +4,81 @@
  * file with fs streams; the same over the S3 protocol, beside the minio client talking to the
  * same S3 server directly (multipart with the same part size and parallelism); and 4 KiB
  * PutBlob + GetBlob operations per second at concurrency 64, beside 4 KiB fs write+read.
- * Everything on loopback, in this process, bounded by the sizes and counts below.
+ * The storage service runs as its own process (services/storage/src/main.ts, as deployed), so
+ * client and service do not share one thread; the baselines and the S3 server run in this
+ * process. Everything on loopback, bounded by the sizes and counts below and by
+ * BENCH_STORAGE_TIMEOUT_MS (15 minutes by default), after which the bench stops itself.
  */
+import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, open, readFile, rm, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { pipeline } from "node:stream/promises";
-import { createClient, parseEnv, type ServiceHost } from "@nearhub/platform";
+import { createClient } from "@nearhub/platform";
 import { StorageService } from "@nearhub/proto/storage";
-import { downloadBlob, startStorage, storageEnv, uploadFile } from "@nearhub/storage";
-import { deleteNamespace, nats, s3, serviceEnv, tempDir, uniqueNamespace } from "@nearhub/testing";
+import { downloadBlob, uploadFile } from "@nearhub/storage";
+import { deleteNamespace, eventually, nats, s3, serviceEnv, tempDir, uniqueNamespace } from "@nearhub/testing";
 import { Client } from "minio";
 
 const MiB = 1024 * 1024;
 const SIZE_MIB = Number(process.env["BENCH_STORAGE_MIB"] ?? 1024);
 const SMALL_OPS = Number(process.env["BENCH_STORAGE_SMALL_OPS"] ?? 5000);
+const TIMEOUT_MS = Number(process.env["BENCH_STORAGE_TIMEOUT_MS"] ?? 15 * 60_000);
+const repoRoot = fileURLToPath(new URL("..", import.meta.url));
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** The storage service as its own process, answering on the port it returns. */
+async function startStorageProcess(env: Record<string, string>): Promise<{ port: number; child: ChildProcess }> {
+  const port = await freePort();
+  const child = spawn(
+    process.execPath,
+    ["--conditions=development", "--import", "tsx", "services/storage/src/main.ts"],
+    {
+      cwd: repoRoot,
+      env: { ...process.env, ...env, NEARHUB_GRPC_PORT: String(port) },
+      stdio: ["ignore", "ignore", "pipe"],
+    },
+  );
+  let stderr = "";
+  child.stderr.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+  const probe = createClient(StorageService, `127.0.0.1:${port}`, { timeoutMs: 2_000 });
+  try {
+    await eventually(
+      async () => {
+        if (child.exitCode !== null) throw new Error(`storage exited: ${stderr}`);
+        await probe.hasBlobs({ sha256: [] });
+        return true;
+      },
+      60_000,
+      "the storage process to answer",
+    );
+  } catch (error) {
+    child.kill("SIGKILL");
+    throw error;
+  } finally {
+    probe.$close();
+  }
+  return { port, child };
+}
+
+async function stopProcess(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+  await exited;
+  clearTimeout(timer);
+}
 const CONCURRENCY = 64;
 const CHUNK = 64 * MiB;
 const PARALLEL = 4;
@@ -80,18 +139,25 @@ export async function main(): Promise<void> {
   }
   await file.close();
   const sha256 = hash.digest("hex");
-  const hosts: ServiceHost[] = [];
+  const children: ChildProcess[] = [];
   const namespaces: string[] = [];
   const s3server = await s3();
+  // Bounded: whatever hangs, the bench ends.
+  const deadline = setTimeout(() => {
+    console.error(`storage bench: over ${TIMEOUT_MS} ms (BENCH_STORAGE_TIMEOUT_MS); stopping`);
+    for (const c of children) c.kill("SIGKILL");
+    process.exit(1);
+  }, TIMEOUT_MS);
+  deadline.unref();
   try {
     // Folder backend.
     const fsNs = uniqueNamespace("bench");
     namespaces.push(fsNs);
-    const fsHost = await startStorage(
-      parseEnv("storage", storageEnv, serviceEnv(natsUrl, fsNs, join(dir.path, "fs"), { NEARHUB_BLOB_BACKEND: "fs" })),
+    const fsService = await startStorageProcess(
+      serviceEnv(natsUrl, fsNs, join(dir.path, "fs"), { NEARHUB_BLOB_BACKEND: "fs" }),
     );
-    hosts.push(fsHost);
-    const fsClient = createClient(StorageService, `127.0.0.1:${fsHost.grpcPort}`, {
+    children.push(fsService.child);
+    const fsClient = createClient(StorageService, `127.0.0.1:${fsService.port}`, {
       maxMessageBytes: 16 * MiB,
       timeoutMs: 600_000,
     });
@@ -143,21 +209,17 @@ export async function main(): Promise<void> {
     const bucket = await s3server.createBucket();
     const s3Ns = uniqueNamespace("bench");
     namespaces.push(s3Ns);
-    const s3Host = await startStorage(
-      parseEnv(
-        "storage",
-        storageEnv,
-        serviceEnv(natsUrl, s3Ns, join(dir.path, "s3"), {
-          NEARHUB_BLOB_BACKEND: "s3",
-          NEARHUB_S3_ENDPOINT: s3server.endpoint,
-          NEARHUB_S3_BUCKET: bucket,
-          NEARHUB_S3_ACCESS_KEY: s3server.accessKey,
-          NEARHUB_S3_SECRET_KEY: s3server.secretKey,
-        }),
-      ),
+    const s3Service = await startStorageProcess(
+      serviceEnv(natsUrl, s3Ns, join(dir.path, "s3"), {
+        NEARHUB_BLOB_BACKEND: "s3",
+        NEARHUB_S3_ENDPOINT: s3server.endpoint,
+        NEARHUB_S3_BUCKET: bucket,
+        NEARHUB_S3_ACCESS_KEY: s3server.accessKey,
+        NEARHUB_S3_SECRET_KEY: s3server.secretKey,
+      }),
     );
-    hosts.push(s3Host);
-    const s3Client = createClient(StorageService, `127.0.0.1:${s3Host.grpcPort}`, {
+    children.push(s3Service.child);
+    const s3Client = createClient(StorageService, `127.0.0.1:${s3Service.port}`, {
       maxMessageBytes: 16 * MiB,
       timeoutMs: 600_000,
     });
@@ -233,7 +295,8 @@ export async function main(): Promise<void> {
     );
     s3Client.$close();
   } finally {
-    for (const h of hosts) await h.stop();
+    clearTimeout(deadline);
+    for (const c of children) await stopProcess(c);
     for (const ns of namespaces) await deleteNamespace(natsUrl, ns);
     await s3server.stop();
     await dir.cleanup();

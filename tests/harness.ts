@@ -1,5 +1,7 @@
 // The harness lives in @nearhub/testing so unit tests beside the code can use it too.
 export {
+  adminAuth,
+  adminToken,
   deleteNamespace,
   dockerAvailable,
   elasticsearch,

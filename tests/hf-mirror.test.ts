@@ -101,7 +101,8 @@ describe("Hugging Face mirror: unmodified clients through the edge", () => {
     });
     hub.commit("model", "acme/tiny-bert", { "config.json": '{"pr":1}' }, { branch: "refs/pr/1" });
 
-    const env = serviceEnv(natsUrl, ns, dir.path);
+    // HF clients read anonymously (transformers.js never sends a token): the operator allows it.
+    const env = { ...serviceEnv(natsUrl, ns, dir.path), NEARHUB_ANONYMOUS_READ: "models/*,datasets/*,spaces/*" };
     storage = await startStorage(parseEnv("storage", storageEnv, env));
     registry = createClient(RegistryService, `127.0.0.1:${storage.grpcPort}`);
     storageClient = createClient(StorageService, `127.0.0.1:${storage.grpcPort}`);

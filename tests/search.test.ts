@@ -34,7 +34,7 @@ import { StorageService } from "@nearhub/proto/storage";
 import { createHash } from "node:crypto";
 import { SqliteSearchIndex, indexingEnv, newDocument, searchApi, startIndexing } from "@nearhub/indexing";
 import { corpus } from "@nearhub/indexing/testing";
-import { deleteNamespace, eventually, nats, serviceEnv, tempDir, uniqueNamespace } from "./harness.js";
+import { deleteNamespace, eventually, nats, serviceEnv, tempDir, uniqueNamespace, adminAuth } from "./harness.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 
@@ -125,7 +125,7 @@ describe("search: events in, documents out, through gRPC, the edge and the CLI",
       names: new Names(ns),
       logger: silentLogger,
     });
-    search = createClient(SearchService, `127.0.0.1:${indexing.grpcPort}`);
+    search = createClient(SearchService, `127.0.0.1:${indexing.grpcPort}`, { metadata: adminAuth(ns) });
   });
 
   after(async () => {
@@ -368,9 +368,9 @@ describe("search: models and datasets published to the registry become searchabl
       ),
     );
     hubUrl = `http://127.0.0.1:${edge.httpPort}`;
-    registry = createClient(RegistryService, storageAddr);
-    blobs = createClient(StorageService, storageAddr);
-    search = createClient(SearchService, `127.0.0.1:${indexing.grpcPort}`);
+    registry = createClient(RegistryService, storageAddr, { metadata: adminAuth(ns) });
+    blobs = createClient(StorageService, storageAddr, { metadata: adminAuth(ns) });
+    search = createClient(SearchService, `127.0.0.1:${indexing.grpcPort}`, { metadata: adminAuth(ns) });
   });
 
   after(async () => {

@@ -17,7 +17,7 @@ import { SyncService } from "@nearhub/proto/sync";
 import { auditEnv, startAudit } from "@nearhub/audit";
 import { indexingEnv, startIndexing } from "@nearhub/indexing";
 import { startSync, syncEnv } from "@nearhub/sync";
-import { deleteNamespace, eventually, nats, serviceEnv, tempDir, uniqueNamespace } from "./harness.js";
+import { deleteNamespace, eventually, nats, serviceEnv, tempDir, uniqueNamespace, adminAuth } from "./harness.js";
 
 // One trace must cover: the caller → sync's gRPC handler → the event it publishes →
 // indexing's consumer (and audit's), across the real NATS server.
@@ -51,8 +51,8 @@ describe("spine: gRPC call → event → consumer, in one trace", () => {
   });
 
   test("the consumer's span is in the caller's trace, under the producer's span", async () => {
-    const client = createClient(SyncService, `127.0.0.1:${sync.grpcPort}`);
-    const search = createClient(SearchService, `127.0.0.1:${indexing.grpcPort}`);
+    const client = createClient(SyncService, `127.0.0.1:${sync.grpcPort}`, { metadata: adminAuth(ns) });
+    const search = createClient(SearchService, `127.0.0.1:${indexing.grpcPort}`, { metadata: adminAuth(ns) });
     try {
       const traceId = await trace.getTracer("test").startActiveSpan("test-root", async (root) => {
         const response = await client.addMirror({ name: "github.com/acme/rocket", intervalSeconds: 120 });
@@ -109,8 +109,8 @@ describe("spine: gRPC call → event → consumer, in one trace", () => {
   });
 
   test("every mutation leaves an audit record with the caller and the trace", async () => {
-    const client = createClient(SyncService, `127.0.0.1:${sync.grpcPort}`);
-    const auditClient = createClient(AuditService, `127.0.0.1:${audit.grpcPort}`);
+    const client = createClient(SyncService, `127.0.0.1:${sync.grpcPort}`, { metadata: adminAuth(ns) });
+    const auditClient = createClient(AuditService, `127.0.0.1:${audit.grpcPort}`, { metadata: adminAuth(ns) });
     try {
       await client.addMirror({ name: "github.com/acme/audited" });
       await client.removeMirror({ name: "github.com/acme/audited" });
@@ -139,8 +139,8 @@ describe("spine: gRPC call → event → consumer, in one trace", () => {
   });
 
   test("removing a mirror removes it from search; replays do not resurrect it", async () => {
-    const client = createClient(SyncService, `127.0.0.1:${sync.grpcPort}`);
-    const search = createClient(SearchService, `127.0.0.1:${indexing.grpcPort}`);
+    const client = createClient(SyncService, `127.0.0.1:${sync.grpcPort}`, { metadata: adminAuth(ns) });
+    const search = createClient(SearchService, `127.0.0.1:${indexing.grpcPort}`, { metadata: adminAuth(ns) });
     try {
       await client.addMirror({ name: "github.com/acme/ephemeral" });
       await eventually(async () =>
@@ -158,7 +158,7 @@ describe("spine: gRPC call → event → consumer, in one trace", () => {
   });
 
   test("bad input is refused with a message that says what to fix", async () => {
-    const client = createClient(SyncService, `127.0.0.1:${sync.grpcPort}`);
+    const client = createClient(SyncService, `127.0.0.1:${sync.grpcPort}`, { metadata: adminAuth(ns) });
     try {
       const cases: Array<[Parameters<typeof client.addMirror>[0], Code, RegExp]> = [
         [{ name: "github.com/../etc" }, Code.InvalidArgument, /owner "\.\." is not a valid name/],

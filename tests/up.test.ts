@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
 import { once } from "node:events";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -107,7 +108,17 @@ describe("nearhub up: all six services on one machine", () => {
   });
 
   test("the CLI manages mirrors and searches through the edge", () => {
-    const env = { NEARHUB_URL: edgeUrl };
+    // `nearhub up` keeps a bootstrap admin token in its data folder, readable only by its user;
+    // the CLI finds it there. Without it, writes are refused with what to do.
+    assert.equal(statSync(join(dir.path, "admin-token")).mode & 0o777, 0o600);
+    assert.equal(statSync(join(dir.path, "internal-key")).mode & 0o777, 0o600);
+    const anonymous = cli(["mirror", "add", "github.com/acme/widgets"], {
+      NEARHUB_URL: edgeUrl,
+      NEARHUB_DATA_DIR: join(dir.path, "elsewhere"),
+    });
+    assert.equal(anonymous.code, 1);
+    assert.match(anonymous.stderr, /needs a signed-in caller.*set NEARHUB_TOKEN/);
+    const env = { NEARHUB_URL: edgeUrl, NEARHUB_DATA_DIR: dir.path };
     const add = cli(["mirror", "add", "github.com/acme/widgets", "--interval", "5m"], env);
     assert.equal(add.code, 0, add.stderr);
     assert.match(add.stdout, /added: github\.com\/acme\/widgets\s+pending\b.*every 300s/);

@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 import { UsageError } from "./command.js";
 import { commands } from "./commands/index.js";
+import { resolveToken, setApiToken } from "./http-api.js";
+import { installEdgeTls, takeCaOption } from "./tls.js";
 
 function usage(): string {
   return [
@@ -11,12 +13,19 @@ function usage(): string {
     "",
     "Options for every command but up:",
     "  --url URL     the edge to talk to (default $NEARHUB_URL or http://127.0.0.1:8080)",
+    "  (the CLI authenticates with $NEARHUB_TOKEN, or the admin token in $NEARHUB_DATA_DIR or .nearhub)",
+    "  --ca FILE     trust this PEM CA for https and gRPC TLS (default $NEARHUB_CA); mutual TLS:",
+    "                $NEARHUB_CLIENT_CERT and $NEARHUB_CLIENT_KEY",
     "",
   ].join("\n");
 }
 
 async function main(argv: string[]): Promise<number> {
-  const [name, ...rest] = argv;
+  const global = takeCaOption(argv);
+  if (global.ca !== undefined) process.env["NEARHUB_CA"] = global.ca;
+  installEdgeTls(process.env);
+  setApiToken(resolveToken(process.env));
+  const [name, ...rest] = global.args;
   if (name === undefined || name === "help" || name === "--help" || name === "-h") {
     process.stdout.write(usage());
     return 0;

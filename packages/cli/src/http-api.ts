@@ -1,3 +1,32 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+
+let token: string | undefined;
+
+/**
+ * The API token the CLI sends: $NEARHUB_TOKEN, else the bootstrap admin token `nearhub up`
+ * keeps in its data folder ($NEARHUB_DATA_DIR, default `.nearhub`) when this user can read it.
+ */
+export function resolveToken(env: NodeJS.ProcessEnv): string | undefined {
+  const fromEnv = env["NEARHUB_TOKEN"]?.trim();
+  if (fromEnv) return fromEnv;
+  try {
+    return readFileSync(join(env["NEARHUB_DATA_DIR"] ?? ".nearhub", "admin-token"), "utf8").trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Sets the token every call to nearhub carries. */
+export function setApiToken(value: string | undefined): void {
+  token = value;
+}
+
+/** `Authorization` for HTTP and gRPC metadata, when a token is set. */
+export function authHeaders(): Record<string, string> {
+  return token ? { authorization: `Bearer ${token}` } : {};
+}
+
 /** Thrown when the edge answers with an error: carries its status and message. */
 export class ApiError extends Error {
   override name = "ApiError";
@@ -21,7 +50,7 @@ export async function callApi(
   try {
     response = await fetch(new URL(path, baseUrl), {
       method,
-      headers: body === undefined ? {} : { "content-type": "application/json" },
+      headers: { ...authHeaders(), ...(body === undefined ? {} : { "content-type": "application/json" }) },
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       signal: AbortSignal.timeout(timeoutMs),
     });
@@ -38,6 +67,8 @@ export async function callApi(
   }
   if (!response.ok) {
     const message = (json as { error?: string }).error ?? `HTTP ${response.status}`;
+    if (response.status === 401 && !token)
+      throw new ApiError(401, `${message} (set NEARHUB_TOKEN to an API token from 'nearhub token create')`);
     throw new ApiError(response.status, message);
   }
   return json;

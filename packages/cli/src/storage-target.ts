@@ -2,6 +2,8 @@ import { createClient, type Client } from "@nearhub/platform";
 import { RegistryService, RepoKind } from "@nearhub/proto/registry";
 import { StorageService } from "@nearhub/proto/storage";
 import { UsageError } from "./command.js";
+import { authHeaders } from "./http-api.js";
+import { grpcCredentials } from "./tls.js";
 
 /** Bulk data goes to the storage service over gRPC, not through the edge. */
 export const DEFAULT_STORAGE_ADDR = "127.0.0.1:7102";
@@ -39,8 +41,13 @@ export function storageClients(
   close(): void;
 } {
   const address = option ?? env["NEARHUB_STORAGE_ADDR"] ?? DEFAULT_STORAGE_ADDR;
-  const storage = createClient(StorageService, address, { maxMessageBytes: 16 * 1024 * 1024, timeoutMs: 60_000 });
-  const registry = createClient(RegistryService, address, { timeoutMs: 60_000 });
+  const tls = { ...grpcCredentials(env), metadata: authHeaders() };
+  const storage = createClient(StorageService, address, {
+    maxMessageBytes: 16 * 1024 * 1024,
+    timeoutMs: 60_000,
+    ...tls,
+  });
+  const registry = createClient(RegistryService, address, { timeoutMs: 60_000, ...tls });
   return {
     address,
     storage,

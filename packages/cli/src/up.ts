@@ -1,9 +1,10 @@
-import { mkdir } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { accessSync, constants } from "node:fs";
 import { join, resolve, delimiter } from "node:path";
 import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
-import { createClient } from "@nearhub/platform";
+import { createClient, generateToken } from "@nearhub/platform";
 import { Health, HealthCheckResponse_ServingStatus } from "@nearhub/proto/health";
 import { freePort, isListening } from "./ports.js";
 import { Supervisor, type Supervised } from "./supervisor.js";
@@ -16,7 +17,24 @@ export interface UpOptions {
   readyTimeoutS: number;
   /** Where to look for (or start) NATS when NATS_URL is unset; default 4222. */
   natsPort?: number;
+  /** No anonymous reads: every clone and download needs a token. */
+  private?: boolean;
   env: NodeJS.ProcessEnv;
+}
+
+/** Reads a secret kept in the data folder, creating it (mode 0600) on first start. */
+async function secret(file: string, make: () => string): Promise<string> {
+  try {
+    const value = (await readFile(file, "utf8")).trim();
+    if (value) return value;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+  }
+  const value = make();
+  await writeFile(file, `${value}\n`, { mode: 0o600, flag: "wx" }).catch(async (error: NodeJS.ErrnoException) => {
+    if (error.code !== "EEXIST") throw error;
+  });
+  return (await readFile(file, "utf8")).trim();
 }
 
 interface ServicePlan {
@@ -54,6 +72,12 @@ function which(binary: string, env: NodeJS.ProcessEnv): string | undefined {
 export async function up(options: UpOptions): Promise<number> {
   const dataDir = resolve(options.dataDir);
   await mkdir(join(dataDir, "logs"), { recursive: true });
+  // The secret the services share, and a bootstrap admin token (the CLI finds it here).
+  const internalKey =
+    options.env["NEARHUB_INTERNAL_KEY"] ?? (await secret(join(dataDir, "internal-key"), () => randomBytes(32).toString("base64")));
+  const adminToken =
+    options.env["NEARHUB_ADMIN_TOKEN"] ?? (await secret(join(dataDir, "admin-token"), () => generateToken().token));
+  const anonymousRead = options.env["NEARHUB_ANONYMOUS_READ"] ?? (options.private ? "" : "*");
   const started = Date.now();
   const supervisor = new Supervisor();
   let stopping = false;
@@ -170,6 +194,9 @@ export async function up(options: UpOptions): Promise<number> {
             NATS_URL: natsUrl,
             NEARHUB_DATA_DIR: dataDir,
             NEARHUB_BIND_HOST: HOST,
+            NEARHUB_INTERNAL_KEY: internalKey,
+            NEARHUB_ADMIN_TOKEN: adminToken,
+            NEARHUB_ANONYMOUS_READ: anonymousRead,
             NEARHUB_GRPC_PORT: String(p.grpcPort),
             NEARHUB_METRICS_PORT: String(p.metricsPort),
             ...p.extraEnv,
@@ -231,6 +258,8 @@ export async function up(options: UpOptions): Promise<number> {
         ),
       `  NATS               ${natsUrl}`,
       `  data               ${dataDir} (logs in ${join(dataDir, "logs")})`,
+      `  access             admin token in ${join(dataDir, "admin-token")} (the CLI uses it from here; elsewhere set NEARHUB_TOKEN);`,
+      `                     ${anonymousRead ? `anonymous read of ${anonymousRead}` : "no anonymous access (--private)"}`,
       "",
       `nearhub ready in ${((Date.now() - started) / 1000).toFixed(1)}s: ${plans.length} services SERVING. Press Ctrl-C to stop.`,
       "",

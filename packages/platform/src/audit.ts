@@ -5,7 +5,8 @@ import { AuditEventSchema, Decision, Outcome, type AuditEvent } from "@nearhub/p
 import { headers as createHeaders } from "@nats-io/nats-core";
 import { trace } from "@opentelemetry/api";
 import type { Bus } from "./bus.js";
-import type { CallContext } from "./rpc-types.js";
+import type { Metadata } from "@grpc/grpc-js";
+import type { Principal } from "./rpc-types.js";
 import { injectIntoHeaders } from "./trace-context.js";
 
 export { Decision, Outcome };
@@ -20,6 +21,14 @@ export interface AuditEntry {
   details?: Record<string, string>;
 }
 
+/** Who acted and from where: a gRPC call context, or what edge knows of an HTTP request. */
+export interface AuditSource {
+  principal: Principal;
+  peer: string;
+  metadata?: Metadata;
+  userAgent?: string;
+}
+
 /**
  * Publishes `nearhub.audit.<service>.<action>` as a CloudEvent into the AUDIT stream and waits
  * for the ack: an action is not reported done before its audit record is durable. Actor,
@@ -29,7 +38,7 @@ export async function publishAudit(
   bus: Bus,
   service: string,
   entry: AuditEntry,
-  ctx?: CallContext,
+  ctx?: AuditSource,
 ): Promise<AuditEvent> {
   const spanContext = trace.getActiveSpan()?.spanContext();
   const event = create(AuditEventSchema, {
@@ -42,9 +51,9 @@ export async function publishAudit(
     decision: entry.decision ?? Decision.ALLOW,
     outcome: entry.outcome ?? Outcome.SUCCESS,
     clientAddress: ctx?.peer ?? "",
-    userAgent: String(ctx?.metadata.get("user-agent")[0] ?? ""),
+    userAgent: ctx?.userAgent ?? String(ctx?.metadata?.get("user-agent")[0] ?? ""),
     traceId: spanContext?.traceId ?? "",
-    details: entry.details ?? {},
+    details: { ...entry.details, ...(ctx?.principal.via ? { via: ctx.principal.via } : {}) },
   });
   const h = createHeaders();
   h.set("ce-specversion", "1.0");

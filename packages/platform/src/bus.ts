@@ -79,6 +79,8 @@ export interface ReceivedMessage {
   /** 1 on the first delivery. */
   readonly deliveryCount: number;
   readonly streamSequence: number;
+  /** When JetStream stored the message (ms since the epoch): the same on every delivery. */
+  readonly storedAtMs?: number;
   /** Decodes the proto3 JSON body; a malformed body throws a {@link PermanentError}. */
   decode<S extends DescMessage>(event: EventDef<S>): MessageShape<S>;
 }
@@ -376,15 +378,27 @@ export class Bus {
   }
 
   /**
-   * Runs a handler on a durable consumer, one message at a time (per-consumer order). Ack after
+   * Runs a handler on a durable consumer, one message at a time (per-consumer order) unless
+   * `opts.concurrency` lets more run. Ack after
    * the handler resolves; on a throw, nak with the declared backoff; after the last attempt,
    * or at once for a {@link PermanentError}, publish to `nearhub.dlq.<stream>.<consumer>` and
    * terminate. Each message runs in a CONSUMER span whose parent is the publisher's context.
    */
-  async consume(decl: ConsumerDecl, handler: MessageHandler): Promise<ConsumerHandle> {
+  async consume(
+    decl: ConsumerDecl,
+    handler: MessageHandler,
+    opts: {
+      /**
+       * Handlers in flight at once (default 1). Each message is still acked after its own
+       * handler; handlers start in delivery order, so one that queues work keeps that order.
+       */
+      concurrency?: number;
+    } = {},
+  ): Promise<ConsumerHandle> {
     const log = this.options.logger.child({ component: "consumer", consumer: decl.durable });
+    const concurrency = Math.max(1, opts.concurrency ?? 1);
     const consumer = await this.js.consumers.get(decl.stream, decl.durable);
-    const messages = await consumer.consume({ max_messages: 16 });
+    const messages = await consumer.consume({ max_messages: Math.max(16, concurrency) });
     const maxDeliver = decl.maxDeliver ?? 5;
     const backoff = decl.backoffMs ?? DEFAULT_BACKOFF_MS;
     const ackWait = decl.ackWaitMs ?? 30_000;
@@ -444,13 +458,22 @@ export class Bus {
     };
 
     const loop = (async () => {
+      const inFlight = new Set<Promise<void>>();
+      let failed: { error: unknown } | undefined;
       for await (const m of messages) {
         if (stopping) {
           m.nak();
           continue;
         }
-        await handleOne(m);
+        const running: Promise<void> = handleOne(m)
+          .catch((error: unknown) => void (failed ??= { error }))
+          .finally(() => inFlight.delete(running));
+        inFlight.add(running);
+        if (inFlight.size >= concurrency) await Promise.race(inFlight);
+        if (failed) throw failed.error;
       }
+      await Promise.all(inFlight);
+      if (failed) throw failed.error;
     })();
 
     const handle: ConsumerHandle = {
@@ -503,6 +526,7 @@ function toReceived(m: JsMsg): ReceivedMessage {
     id: header("ce-id"),
     deliveryCount: m.info.deliveryCount,
     streamSequence: m.seq,
+    storedAtMs: Math.floor(m.info.timestampNanos / 1e6),
     decode<S extends DescMessage>(event: EventDef<S>): MessageShape<S> {
       try {
         return fromJsonString(event.schema, new TextDecoder().decode(m.data), { ignoreUnknownFields: true });

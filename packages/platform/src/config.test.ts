@@ -26,6 +26,10 @@ describe("parseEnv with the common variables", () => {
       NEARHUB_NATS_CONNECT_TIMEOUT_MS: 15_000,
       NEARHUB_STREAM_REPLICAS: 1,
       NEARHUB_SHUTDOWN_TIMEOUT_MS: 4000,
+      NEARHUB_TLS_CLIENT_AUTH: "none",
+      NEARHUB_ANONYMOUS_READ: [],
+      NEARHUB_OIDC_USER_CLAIM: "sub",
+      NEARHUB_OIDC_GROUPS_CLAIM: "groups",
     });
   });
 

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { authEnv } from "./auth/config.js";
 
 /** Thrown when the environment does not parse: one message lists every problem. */
 export class ConfigError extends Error {
@@ -75,6 +76,19 @@ export const commonEnv = {
     .min(100)
     .max(120_000)
     .default(4000),
+  /** PEM certificate (chain) every listener of the service presents; plain text when unset. */
+  NEARHUB_TLS_CERT: z.string().min(1, "must be the path of a PEM certificate file").optional(),
+  /** PEM private key of NEARHUB_TLS_CERT. */
+  NEARHUB_TLS_KEY: z.string().min(1, "must be the path of a PEM private key file").optional(),
+  /** PEM CA bundle that verifies other services (outgoing calls) and client certificates (mutual TLS). */
+  NEARHUB_TLS_CA: z.string().min(1, "must be the path of a PEM CA bundle").optional(),
+  /** Mutual TLS on this service's listeners: none, request (verified when presented) or require. */
+  NEARHUB_TLS_CLIENT_AUTH: z
+    .enum(["none", "request", "require"], { error: "must be none, request or require" })
+    .default("none"),
+  /** Calls to other nearhub services: tls or plain; by default tls when NEARHUB_TLS_CERT or NEARHUB_TLS_CA is set. */
+  NEARHUB_TLS_SERVICE_CALLS: z.enum(["tls", "plain"], { error: "must be tls or plain" }).optional(),
+  ...authEnv,
 } as const;
 
 /** The parsed common variables. */

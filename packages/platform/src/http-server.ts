@@ -1,7 +1,8 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Code, NearhubError, httpStatusOf } from "./errors.js";
 import type { ServiceMetrics } from "./metrics.js";
+import { TransportSecurity } from "./tls.js";
 
 /** Sends a JSON body with the right headers. */
 export function sendJson(
@@ -55,11 +56,13 @@ export interface OpsServerOptions {
   ready: () => boolean;
   /** Extra detail for `/healthz`. */
   details?: () => Record<string, unknown>;
+  /** Serve over TLS with these settings; plain text when absent. */
+  tls?: TransportSecurity;
 }
 
 /** The per-service operations port: `/metrics`, `/healthz` (readiness) and `/livez`. */
 export async function startOpsServer(options: OpsServerOptions): Promise<{ server: Server; port: number }> {
-  const server = createServer((req, res) => {
+  const server = (options.tls ?? TransportSecurity.plain()).createHttpServer({}, (req, res) => {
     const path = (req.url ?? "/").split("?")[0];
     if (req.method !== "GET" && req.method !== "HEAD") {
       sendJson(

@@ -22,7 +22,7 @@ export { createClient } from "./rpc-client.js";
 export type { ClientOptions } from "./rpc-client.js";
 export { methodDefinition, methodPath, serviceDefinition } from "./rpc-definition.js";
 export { RpcServer } from "./rpc-server.js";
-export type { Authenticate, RpcServerOptions, ServerInterceptor } from "./rpc-server.js";
+export type { Authenticate, Authorize, Decide, RpcServerOptions, ServerInterceptor } from "./rpc-server.js";
 export type {
   CallContext,
   CallOptions,
@@ -37,8 +37,11 @@ export type { Stoppable } from "./run-main.js";
 export { ServiceHost } from "./service-host.js";
 export type { ServiceHostOptions } from "./service-host.js";
 export { startTelemetry } from "./telemetry.js";
+export { EXPIRY_WARNING_DAYS, MIN_TLS_VERSION, TransportSecurity, isLoopback } from "./tls.js";
+export type { ClientAuth, ClientTls, ClientTlsFiles, ServerTls, TlsEnv } from "./tls.js";
 export type { Telemetry, TelemetryOptions } from "./telemetry.js";
 export { extractFromHeaders, extractFromMetadata, injectIntoHeaders, injectIntoMetadata } from "./trace-context.js";
 export { Decision, Outcome, publishAudit } from "./audit.js";
-export type { AuditEntry } from "./audit.js";
+export type { AuditEntry, AuditSource } from "./audit.js";
+export * from "./auth/index.js";
 export { auditStream, eventsStream } from "./streams.js";

@@ -1,6 +1,11 @@
 import { fromBinary, toBinary, type DescMethod, type DescService, type Message } from "@bufbuild/protobuf";
 import type { MethodDefinition, ServiceDefinition } from "@grpc/grpc-js";
 
+/** A Buffer over the encoder's fresh bytes, without copying them. */
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
 /** `/package.Service/Method`, the HTTP/2 path gRPC uses. */
 export function methodPath(method: DescMethod): string {
   return `/${method.parent.typeName}/${method.name}`;
@@ -13,9 +18,9 @@ export function methodDefinition(method: DescMethod): MethodDefinition<unknown, 
     path: methodPath(method),
     requestStream: kind === "client_streaming" || kind === "bidi_streaming",
     responseStream: kind === "server_streaming" || kind === "bidi_streaming",
-    requestSerialize: (message: unknown) => Buffer.from(toBinary(method.input, message as Message)),
+    requestSerialize: (message: unknown) => asBuffer(toBinary(method.input, message as Message)),
     requestDeserialize: (bytes: Buffer) => fromBinary(method.input, bytes),
-    responseSerialize: (message: unknown) => Buffer.from(toBinary(method.output, message as Message)),
+    responseSerialize: (message: unknown) => asBuffer(toBinary(method.output, message as Message)),
     responseDeserialize: (bytes: Buffer) => fromBinary(method.output, bytes),
     originalName: method.localName,
   };

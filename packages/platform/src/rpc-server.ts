@@ -1,4 +1,5 @@
 import { once } from "node:events";
+import type * as http2 from "node:http2";
 import { create, type DescMethod, type DescService } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
@@ -6,6 +7,8 @@ import { Code, NearhubError, codeName } from "./errors.js";
 import type { Logger } from "./logger.js";
 import type { ServiceMetrics } from "./metrics.js";
 import { methodDefinition } from "./rpc-definition.js";
+import { runAs } from "./auth/context.js";
+import type { Permission } from "./auth/permissions.js";
 import type { CallContext, Principal, ServiceImpl } from "./rpc-types.js";
 import { extractFromMetadata } from "./trace-context.js";
 
@@ -15,6 +18,15 @@ export type ServerInterceptor = (ctx: CallContext, next: () => Promise<void>) =>
 /** Decides who is calling; throws UNAUTHENTICATED or PERMISSION_DENIED to refuse the call. */
 export type Authenticate = (ctx: CallContext) => Promise<Principal>;
 
+/**
+ * Checks that the call's principal may do `permission` on `resource`; throws PERMISSION_DENIED
+ * (UNAUTHENTICATED for anonymous callers) and audits the denial otherwise.
+ */
+export type Authorize = (ctx: CallContext, permission: Permission, resource: string) => Promise<void>;
+
+/** Whether a principal may do `permission` on `resource`, without side effects. */
+export type Decide = (principal: Principal, permission: Permission, resource: string) => boolean;
+
 /** Options of {@link RpcServer}. */
 export interface RpcServerOptions {
   /** The nearhub service name, for logs and metrics. */
@@ -23,6 +35,10 @@ export interface RpcServerOptions {
   metrics: ServiceMetrics;
   /** The authentication hook (RBAC fills it in); by default every caller is `anonymous`. */
   authenticate?: Authenticate;
+  /** The authorization check handlers run through `ctx.authorize` (RBAC fills it in). */
+  authorize?: Authorize;
+  /** The side-effect-free check behind `ctx.can`. */
+  decide?: Decide;
   /** Extra interceptors, run innermost (after authentication, just around the handler). */
   interceptors?: ServerInterceptor[];
   /** Largest message accepted or sent; default 8 MiB. */
@@ -35,6 +51,58 @@ const anonymous: Principal = { subject: "anonymous", groups: [] };
 const QUIET_SERVICES = new Set(["grpc.health.v1.Health"]);
 const tracer = trace.getTracer("nearhub-rpc");
 
+/** What every call of one method shares, computed once per method rather than per call. */
+interface MethodInfo {
+  serviceName: string;
+  fullMethod: string;
+  quiet: boolean;
+  spanOptions: { kind: SpanKind; attributes: Record<string, string> };
+}
+
+function methodInfo(method: DescMethod): MethodInfo {
+  const serviceName = method.parent.typeName;
+  return {
+    serviceName,
+    fullMethod: `${serviceName}/${method.name}`,
+    quiet: QUIET_SERVICES.has(serviceName),
+    // The SDK copies span attributes, so one object serves every call.
+    spanOptions: {
+      kind: SpanKind.SERVER,
+      attributes: { "rpc.system": "grpc", "rpc.service": serviceName, "rpc.method": method.name },
+    },
+  };
+}
+
+/** The context of one call; its logger is created on first use (most calls never log). */
+class ServerCallContext implements CallContext {
+  principal: Principal = anonymous;
+  authorizer: Authorize | undefined;
+  decider: Decide | undefined;
+  private callLogger: Logger | undefined;
+
+  constructor(
+    readonly method: string,
+    readonly service: string,
+    readonly peer: string,
+    readonly metadata: grpc.Metadata,
+    readonly deadline: Date | undefined,
+    readonly signal: AbortSignal,
+    private readonly parentLogger: Logger,
+  ) {}
+
+  get logger(): Logger {
+    return (this.callLogger ??= this.parentLogger.child({ component: "rpc", method: this.method }));
+  }
+
+  authorize(permission: Permission, resource: string): Promise<void> {
+    return this.authorizer ? this.authorizer(this, permission, resource) : Promise.resolve();
+  }
+
+  can(permission: Permission, resource: string): boolean {
+    return this.decider ? this.decider(this.principal, permission, resource) : true;
+  }
+}
+
 /**
  * A grpc-js server whose services are protobuf-es descriptors and typed handlers. Every call
  * runs through deadline enforcement, tracing (context from metadata), RED metrics, logging and
@@ -43,6 +111,7 @@ const tracer = trace.getTracer("nearhub-rpc");
 export class RpcServer {
   private readonly server: grpc.Server;
   private readonly options: RpcServerOptions;
+  private readonly methods = new Map<DescMethod, MethodInfo>();
   private boundPort = -1;
 
   constructor(options: RpcServerOptions) {
@@ -52,7 +121,17 @@ export class RpcServer {
       "grpc.max_receive_message_length": max,
       "grpc.max_send_message_length": max,
       "grpc.keepalive_permit_without_calls": 1,
+      // No channelz service is registered, so its per-call bookkeeping would be pure cost.
+      "grpc.enable_channelz": 0,
     });
+    widenFlowControlWindows(this.server);
+  }
+
+  /** Installs the authentication and authorization hooks (before services are added). */
+  useAccess(hooks: { authenticate: Authenticate; authorize: Authorize; decide: Decide }): void {
+    this.options.authenticate = hooks.authenticate;
+    this.options.authorize = hooks.authorize;
+    this.options.decide = hooks.decide;
   }
 
   /** The port bound by {@link listen}. */
@@ -166,38 +245,37 @@ export class RpcServer {
 
   private async runCall(method: DescMethod, call: AnyCall, body: (ctx: CallContext) => Promise<void>): Promise<void> {
     const { logger, metrics, service } = this.options;
-    const serviceName = method.parent.typeName;
-    const fullMethod = `${serviceName}/${method.name}`;
-    const quiet = QUIET_SERVICES.has(serviceName);
+    let info = this.methods.get(method);
+    if (!info) this.methods.set(method, (info = methodInfo(method)));
+    const { serviceName, fullMethod, quiet } = info;
     const controller = new AbortController();
     const rawDeadline = call.getDeadline();
     const deadlineMs = rawDeadline instanceof Date ? rawDeadline.getTime() : Number(rawDeadline);
     const deadline = Number.isFinite(deadlineMs) ? new Date(deadlineMs) : undefined;
-    let deadlineTimer: NodeJS.Timeout | undefined;
     const onCancel = () =>
       controller.abort(new NearhubError(Code.Cancelled, `${fullMethod}: the client cancelled the call`));
     const events = call as unknown as NodeJS.EventEmitter;
     events.on("cancelled", onCancel);
 
-    const ctx: CallContext = {
-      method: fullMethod,
+    const ctx = new ServerCallContext(
+      fullMethod,
       service,
-      peer: call.getPeer(),
-      metadata: call.metadata,
+      call.getPeer(),
+      call.metadata,
       deadline,
-      signal: controller.signal,
-      principal: anonymous,
-      logger: logger.child({ component: "rpc", method: fullMethod }),
-    };
+      controller.signal,
+      logger,
+    );
+    ctx.authorizer = this.options.authorize;
+    ctx.decider = this.options.decide;
 
     const started = process.hrtime.bigint();
-    const parent = extractFromMetadata(call.metadata);
-    const execute = async (): Promise<void> => {
+    let deadlineTimer: NodeJS.Timeout | undefined;
+    const execute = (): Promise<void> => {
+      if (!deadline) return this.chain(ctx, body);
       // Deadline enforcement: the handler sees an aborted signal, and the call ends at the
       // deadline even if the handler ignores it.
       const deadlinePassed = new Promise<never>((_, reject) => {
-        if (!deadline) return;
-        const remaining = deadline.getTime() - Date.now();
         deadlineTimer = setTimeout(
           () => {
             const error = new NearhubError(
@@ -207,21 +285,11 @@ export class RpcServer {
             controller.abort(error);
             reject(error);
           },
-          Math.max(0, remaining),
+          Math.max(0, deadline.getTime() - Date.now()),
         );
       });
       deadlinePassed.catch(() => undefined);
-      const chain = async () => {
-        if (this.options.authenticate) ctx.principal = await this.options.authenticate(ctx);
-        const interceptors = this.options.interceptors ?? [];
-        const invoke = async (index: number): Promise<void> => {
-          const interceptor = interceptors[index];
-          if (interceptor) return interceptor(ctx, () => invoke(index + 1));
-          return body(ctx);
-        };
-        await invoke(0);
-      };
-      await Promise.race([chain(), deadlinePassed]);
+      return Promise.race([this.chain(ctx, body), deadlinePassed]);
     };
 
     let code = Code.Ok;
@@ -229,26 +297,18 @@ export class RpcServer {
       if (quiet) {
         await execute();
       } else {
-        await tracer.startActiveSpan(
-          fullMethod,
-          {
-            kind: SpanKind.SERVER,
-            attributes: { "rpc.system": "grpc", "rpc.service": serviceName, "rpc.method": method.name },
-          },
-          parent,
-          async (span) => {
-            try {
-              await execute();
-            } catch (error) {
-              const e = NearhubError.from(error, Code.Internal);
-              span.setAttribute("rpc.grpc.status_code", e.code);
-              span.setStatus({ code: SpanStatusCode.ERROR, message: e.rawMessage });
-              throw error;
-            } finally {
-              span.end();
-            }
-          },
-        );
+        await tracer.startActiveSpan(fullMethod, info.spanOptions, extractFromMetadata(call.metadata), async (span) => {
+          try {
+            await execute();
+          } catch (error) {
+            const e = NearhubError.from(error, Code.Internal);
+            span.setAttribute("rpc.grpc.status_code", e.code);
+            span.setStatus({ code: SpanStatusCode.ERROR, message: e.rawMessage });
+            throw error;
+          } finally {
+            span.end();
+          }
+        });
       }
     } catch (error) {
       const e = NearhubError.from(error, Code.Internal);
@@ -271,6 +331,31 @@ export class RpcServer {
       );
     }
   }
+
+  /** Authentication, then the interceptors, then the handler; no wrapping when there are none. */
+  private async chain(ctx: CallContext, body: (ctx: CallContext) => Promise<void>): Promise<void> {
+    const { authenticate, interceptors } = this.options;
+    if (authenticate) {
+      ctx.principal = await authenticate(ctx);
+      // Calls the handler makes to other services carry this principal's identity.
+      return runAs(ctx.principal, () => this.intercepted(ctx, body, interceptors));
+    }
+    return this.intercepted(ctx, body, interceptors);
+  }
+
+  private async intercepted(
+    ctx: CallContext,
+    body: (ctx: CallContext) => Promise<void>,
+    interceptors: ServerInterceptor[] | undefined,
+  ): Promise<void> {
+    if (!interceptors || interceptors.length === 0) return body(ctx);
+    const invoke = async (index: number): Promise<void> => {
+      const interceptor = interceptors[index];
+      if (interceptor) return interceptor(ctx, () => invoke(index + 1));
+      return body(ctx);
+    };
+    return invoke(0);
+  }
 }
 
 // A handler of any kind, erased for binding.
@@ -285,6 +370,37 @@ async function drained(stream: NodeJS.EventEmitter, signal: AbortSignal): Promis
   await once(stream, "drain", { signal }).catch((error: unknown) => {
     if (!signal.aborted) throw error;
   });
+}
+
+/** HTTP/2 receive window of server sessions and streams (the client sets the same). */
+const SERVER_WINDOW = 16 * 1024 * 1024;
+
+/**
+ * grpc-js leaves its server at HTTP/2's 64 KiB receive windows (it has no option for them), which
+ * throttles large client-streamed uploads to one flow-control round trip per 64 KiB. Raise the
+ * per-stream window in the SETTINGS it sends and the connection window of each new session.
+ * Uses grpc-js internals (1.14); if they change, the server keeps the defaults.
+ */
+function widenFlowControlWindows(server: grpc.Server): void {
+  const internals = server as unknown as {
+    commonServerOptions?: http2.ServerOptions;
+    createHttp2Server?: (credentials: unknown) => http2.Http2Server;
+  };
+  const common = internals.commonServerOptions;
+  const create = internals.createHttp2Server;
+  if (!common || typeof create !== "function") return;
+  common.settings = { ...common.settings, initialWindowSize: SERVER_WINDOW };
+  internals.createHttp2Server = (credentials) => {
+    const http2Server = create.call(server, credentials);
+    http2Server.on("session", (session: http2.ServerHttp2Session) => {
+      try {
+        session.setLocalWindowSize(SERVER_WINDOW);
+      } catch {
+        // A session already closing keeps its window.
+      }
+    });
+    return http2Server;
+  };
 }
 
 /** The grpc-js error object for anything thrown; internal errors keep their detail in the log. */

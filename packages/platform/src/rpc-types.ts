@@ -1,5 +1,6 @@
 import type { DescMessage, DescService, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import type { Metadata } from "@grpc/grpc-js";
+import type { Permission } from "./auth/permissions.js";
 import type { Logger } from "./logger.js";
 
 /** Who is calling: filled in by the server's authentication hook. */
@@ -8,6 +9,10 @@ export interface Principal {
   subject: string;
   /** Groups and roles the subject has, when the hook knows them. */
   groups: string[];
+  /** How the caller proved who it is; absent means not authenticated (tests, defaults). */
+  method?: "token" | "oidc" | "service" | "anonymous";
+  /** The service that forwarded the call on the caller's behalf, e.g. `edge`. */
+  via?: string;
 }
 
 /** What a server handler knows about its call. */
@@ -24,6 +29,13 @@ export interface CallContext {
   /** Set by the authentication hook before the handler runs. */
   principal: Principal;
   readonly logger: Logger;
+  /**
+   * Refuses the call (PERMISSION_DENIED, or UNAUTHENTICATED for anonymous callers, audited)
+   * unless its principal may do `permission` on `resource`.
+   */
+  authorize(permission: Permission, resource: string): Promise<void>;
+  /** Whether the principal may do `permission` on `resource` (no audit; for filtering lists). */
+  can(permission: Permission, resource: string): boolean;
 }
 
 type Shape<K extends string, I extends DescMessage, O extends DescMessage> = { methodKind: K; input: I; output: O };

@@ -28,6 +28,7 @@ function config(namespace: string, overrides: Record<string, string> = {}): Comm
     NEARHUB_NAMESPACE: namespace,
     NEARHUB_SHUTDOWN_TIMEOUT_MS: "1000",
     LOG_LEVEL: "silent",
+    NEARHUB_INTERNAL_KEY: Buffer.alloc(32, 7).toString("base64"),
     ...overrides,
   });
 }

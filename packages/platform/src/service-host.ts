@@ -1,6 +1,7 @@
 import type { Server } from "node:http";
 import type { DescService } from "@bufbuild/protobuf";
 import { Health } from "@nearhub/proto/health";
+import { Access } from "./auth/access.js";
 import { Bus, type Provisioning } from "./bus.js";
 import type { CommonConfig } from "./config.js";
 import { HealthReporter, ServingStatus } from "./health.js";
@@ -10,6 +11,7 @@ import { ServiceMetrics } from "./metrics.js";
 import { Names } from "./names.js";
 import { RpcServer, type Authenticate, type ServerInterceptor } from "./rpc-server.js";
 import type { ServiceImpl } from "./rpc-types.js";
+import { TransportSecurity } from "./tls.js";
 
 /** Options of {@link ServiceHost.start}. */
 export interface ServiceHostOptions {
@@ -26,6 +28,8 @@ export interface ServiceHostOptions {
   maxMessageBytes?: number;
   /** Serve `/metrics` and `/healthz` on NEARHUB_METRICS_PORT; edge serves them itself. */
   opsServer?: boolean;
+  /** Listener and client TLS; read from the NEARHUB_TLS_* variables of `common` when absent. */
+  tls?: TransportSecurity;
 }
 
 /**
@@ -40,7 +44,10 @@ export class ServiceHost {
   readonly health = new HealthReporter();
   readonly rpc: RpcServer;
   readonly names: Names;
+  /** TLS of every listener and of calls to other services (plain text without a certificate). */
+  readonly tls: TransportSecurity;
   private busInstance: Bus | undefined;
+  private accessInstance: Access | undefined;
   private opsServer: Server | undefined;
   private readonly stopCallbacks: Array<() => Promise<void> | void> = [];
   private stopped: Promise<void> | undefined;
@@ -53,7 +60,10 @@ export class ServiceHost {
     this.logger = options.logger ?? createLogger({ service: options.name, level: options.common.LOG_LEVEL });
     this.metrics = new ServiceMetrics(options.name);
     this.names = new Names(options.common.NEARHUB_NAMESPACE);
+    // Before any listener: an expired or unreadable certificate stops the start here.
+    this.tls = options.tls ?? TransportSecurity.load(options.name, options.common, { logger: this.logger });
     this.rpc = new RpcServer({
+      credentials: this.tls.grpcServerCredentials(),
       service: options.name,
       logger: this.logger,
       metrics: this.metrics,
@@ -67,6 +77,20 @@ export class ServiceHost {
   get bus(): Bus {
     if (!this.busInstance) throw new Error(`${this.options.name}: the bus is not connected yet`);
     return this.busInstance;
+  }
+
+  /** Authentication and the access policy (available once `start` has connected). */
+  get access(): Access {
+    if (!this.accessInstance) throw new Error(`${this.options.name}: access control is not started yet`);
+    return this.accessInstance;
+  }
+
+  /**
+   * Metadata for gRPC clients to other nearhub services: each call carries the identity of the
+   * principal the current request runs for, or this service's own.
+   */
+  callMetadata(): () => Record<string, string> {
+    return this.access.clientMetadata();
   }
 
   /** Starts a service: `setup` registers its gRPC services, consumers and stop callbacks. */
@@ -83,6 +107,7 @@ export class ServiceHost {
 
   private async boot(setup: (host: ServiceHost) => Promise<void>): Promise<void> {
     const { common, name } = this.options;
+    this.tls.warnIfPlainText(common.NEARHUB_BIND_HOST, this.logger, [`${name} gRPC`, `${name} HTTP`]);
     this.rpc.addService(Health, this.health.implementation());
     this.grpcPort = await this.rpc.listen(common.NEARHUB_BIND_HOST, this.options.grpcPort);
     if (this.options.opsServer !== false) {
@@ -91,6 +116,8 @@ export class ServiceHost {
         port: common.NEARHUB_METRICS_PORT,
         metrics: this.metrics,
         ready: () => this.health.get() === ServingStatus.SERVING,
+        // Encrypted, but probes and scrapes carry no client certificate.
+        tls: this.tls.withoutClientAuth(),
       });
       this.opsServer = ops.server;
       this.metricsPort = ops.port;
@@ -107,6 +134,13 @@ export class ServiceHost {
       replicas: common.NEARHUB_STREAM_REPLICAS,
     });
     if (this.options.provisioning) await this.bus.provision(this.options.provisioning(this.names));
+    const access = await Access.start({ service: name, bus: this.bus, config: common, logger: this.logger });
+    this.accessInstance = access;
+    this.rpc.useAccess({
+      authenticate: access.grpcAuthenticate(),
+      authorize: access.grpcAuthorize(),
+      decide: (principal, permission, resource) => access.decide(principal, permission, resource).allowed,
+    });
     await setup(this);
     this.health.setAll(ServingStatus.SERVING);
     this.metrics.ready.set(1);
@@ -142,6 +176,7 @@ export class ServiceHost {
       }
     }
     await this.rpc.shutdown(Math.min(timeout, 3000));
+    await this.accessInstance?.stop();
     await this.busInstance?.drain(timeout);
     if (this.opsServer) await closeHttp(this.opsServer);
     this.logger.info(`${this.options.name} stopped`);

@@ -5,7 +5,7 @@
  * s3rver in-process for the S3 protocol). What cannot be had makes the suite skip with a reason.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { connect } from "node:net";
@@ -197,6 +197,21 @@ export async function elasticsearch(): Promise<{ url: string } | { skip: string 
   return { skip: "no Elasticsearch: set ELASTICSEARCH_URL or run a Docker engine for testcontainers" };
 }
 
+const derive = (namespace: string, what: string) => createHash("sha256").update(`${namespace}/${what}`).digest();
+
+/**
+ * The bootstrap admin API token of a test namespace (`serviceEnv` configures it on every
+ * service): tests act as an administrator with it unless they test access control itself.
+ */
+export function adminToken(namespace: string): string {
+  return `nhp_${derive(namespace, "id").toString("hex").slice(0, 16)}_${derive(namespace, "secret").toString("base64url")}`;
+}
+
+/** gRPC metadata / HTTP headers that authenticate as the namespace's bootstrap admin. */
+export function adminAuth(namespace: string): { authorization: string } {
+  return { authorization: `Bearer ${adminToken(namespace)}` };
+}
+
 /** The environment of one in-process service under test. */
 export function serviceEnv(
   natsUrl: string,
@@ -214,6 +229,9 @@ export function serviceEnv(
     NEARHUB_GIT_HTTP_PORT: "0",
     LOG_LEVEL: "silent",
     NEARHUB_SHUTDOWN_TIMEOUT_MS: "2000",
+    // One shared service secret and one bootstrap admin token per namespace.
+    NEARHUB_INTERNAL_KEY: derive(namespace, "internal-key").toString("base64"),
+    NEARHUB_ADMIN_TOKEN: adminToken(namespace),
     ...extra,
   };
 }
@@ -255,3 +273,5 @@ export async function eventually<T>(
   throw new Error(`timed out waiting for ${what}${lastError ? `: ${(lastError as Error).message}` : ""}`);
 }
 export { startHubDouble, sha256Hex, type HubDouble, type HubFile } from "./hf-hub-double.js";
+export { createTestPki, type CertFiles, type TestPki } from "./test-pki.js";
+export { createLfsDouble, type LfsDouble } from "./git-lfs-double.js";

@@ -3,6 +3,7 @@ import { timestampMs, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { Code, NearhubError, type ServiceImpl } from "@nearhub/platform";
 import type { AuditService } from "@nearhub/proto/audit";
 import { verifyTrail } from "./chain.js";
+import { IndexCheck } from "./index-check.js";
 import type { RecordIndex } from "./record-index.js";
 import type { Recorder } from "./recorder.js";
 import type { AuditTrail } from "./trail.js";
@@ -14,7 +15,7 @@ export interface AuditApiDeps {
   index: RecordIndex;
   trail: AuditTrail;
   recorder: Recorder;
-  /** Keys whose checkpoints are trusted, by key id. */
+  /** Keys whose records and checkpoints are trusted, by key id. */
   trustedKeys: Map<string, KeyObject>;
 }
 
@@ -30,7 +31,8 @@ function range(since?: Timestamp, until?: Timestamp) {
 /** nearhub.audit.v1.AuditService: query, verify, export. */
 export function auditApi({ index, trail, recorder, trustedKeys }: AuditApiDeps): ServiceImpl<typeof AuditService> {
   return {
-    async queryRecords(request) {
+    async queryRecords(request, ctx) {
+      await ctx.authorize("audit.read", "audit");
       if (request.pageSize > MAX_PAGE) {
         throw new NearhubError(
           Code.InvalidArgument,
@@ -61,8 +63,22 @@ export function auditApi({ index, trail, recorder, trustedKeys }: AuditApiDeps):
       return { records, nextCursor: records.length === limit && last ? last.sequence.toString() : "" };
     },
 
-    async verifyTrail(request) {
-      const verdict = await verifyTrail(trail.entries(), trustedKeys, request.sinceSequence);
+    async verifyTrail(request, ctx) {
+      await ctx.authorize("audit.read", "audit");
+      const end = await recorder.settled();
+      if (request.sinceSequence > end.lastSequence + 1n) {
+        throw new NearhubError(
+          Code.InvalidArgument,
+          `since_sequence ${request.sinceSequence} is after the last record (${end.lastSequence}): use a sequence from 1 to ${end.lastSequence}, or 0 for the whole trail`,
+        );
+      }
+      const check = new IndexCheck({
+        index,
+        sinceSequence: request.sinceSequence,
+        indexedThrough: end.lastSequence,
+        lookup: (seq) => trail.recordAt(seq),
+      });
+      const verdict = await verifyTrail(trail.entries(), trustedKeys, request.sinceSequence, check);
       if (!verdict.ok) recorder.verifyFailures.inc();
       return {
         ...verdict,
@@ -72,6 +88,7 @@ export function auditApi({ index, trail, recorder, trustedKeys }: AuditApiDeps):
     },
 
     async *exportRecords(request, ctx) {
+      await ctx.authorize("audit.read", "audit");
       const bounds = range(request.since, request.until);
       let after = 0n;
       for (;;) {

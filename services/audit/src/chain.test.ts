@@ -4,7 +4,15 @@ import { describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { AuditCheckpointSchema, AuditEventSchema, AuditRecordSchema, type AuditRecord } from "@nearhub/proto/audit";
-import { GENESIS_HASH, checkpointPayload, keyIdOf, recordHash, verifyTrail, type TrailEntry } from "./chain.js";
+import {
+  GENESIS_HASH,
+  checkpointPayload,
+  keyIdOf,
+  recordHash,
+  signRecord,
+  verifyTrail,
+  type TrailEntry,
+} from "./chain.js";
 
 const { privateKey, publicKey } = generateKeyPairSync("ed25519");
 const keyId = keyIdOf(publicKey);
@@ -24,7 +32,15 @@ function chain(n: number): AuditRecord[] {
     const at = 1_700_000_000_000 + i;
     const hash = recordHash(prev, BigInt(i), at, event);
     out.push(
-      create(AuditRecordSchema, { sequence: BigInt(i), event, recordedAt: timestampFromMs(at), prevHash: prev, hash }),
+      create(AuditRecordSchema, {
+        sequence: BigInt(i),
+        event,
+        recordedAt: timestampFromMs(at),
+        prevHash: prev,
+        hash,
+        keyId,
+        signature: signRecord({ hash, keyId }, privateKey),
+      }),
     );
     prev = hash;
   }
@@ -93,6 +109,8 @@ describe("audit hash chain", () => {
     const forged = records[1]!;
     forged.event!.resource = "github.com/acme/forged";
     forged.hash = recordHash(forged.prevHash, forged.sequence, 1_700_000_000_002, forged.event!);
+    // Even re-signed, as only someone holding the service key could.
+    forged.signature = signRecord(forged, privateKey);
     const verdict = await verifyTrail(entries(records), keys);
     assert.equal(verdict.firstBrokenSequence, 3n);
     assert.match(verdict.problem, /does not link/);
@@ -116,9 +134,49 @@ describe("audit hash chain", () => {
     const rewritten = chain(3);
     rewritten[2]!.event!.action = "mirror.remove";
     rewritten[2]!.hash = recordHash(rewritten[2]!.prevHash, 3n, 1_700_000_000_003, rewritten[2]!.event!);
+    rewritten[2]!.signature = signRecord(rewritten[2]!, privateKey);
     const verdict = await verifyTrail(entries(rewritten, [cp]), keys);
     assert.equal(verdict.ok, false);
     assert.match(verdict.problem, /differs from what checkpoint signed/);
+  });
+
+  test("a well-chained record not signed by the audit service is named", async () => {
+    const records = chain(4);
+    // Appended by someone who can publish on the trail subject: correct link and hash, no key.
+    const event = create(AuditEventSchema, { id: "forged", actor: "user:mallory", action: "repo.delete" });
+    const hash = recordHash(records[3]!.hash, 5n, 1_700_000_000_005, event);
+    const forged = create(AuditRecordSchema, {
+      sequence: 5n,
+      event,
+      recordedAt: timestampFromMs(1_700_000_000_005),
+      prevHash: records[3]!.hash,
+      hash,
+    });
+    let verdict = await verifyTrail(entries([...records, forged]), keys);
+    assert.equal(verdict.ok, false);
+    assert.equal(verdict.firstBrokenSequence, 5n);
+    assert.match(verdict.problem, /record 5 is not signed: it was not written by the audit service/);
+
+    const other = generateKeyPairSync("ed25519");
+    const otherId = keyIdOf(other.publicKey);
+    forged.keyId = otherId;
+    forged.signature = signRecord({ hash, keyId: otherId }, other.privateKey);
+    verdict = await verifyTrail(entries([...records, forged]), keys);
+    assert.match(verdict.problem, new RegExp(`record 5 is signed by unknown key ${otherId}`));
+
+    // A trusted key id with someone else's signature, and a signature copied from another record.
+    forged.keyId = keyId;
+    verdict = await verifyTrail(entries([...records, forged]), keys);
+    assert.match(verdict.problem, /record 5 has an invalid signature/);
+    forged.signature = records[3]!.signature;
+    verdict = await verifyTrail(entries([...records, forged]), keys);
+    assert.match(verdict.problem, /record 5 has an invalid signature/);
+    for (const garbage of ["", "not base64 at all!", "A".repeat(100_000)]) {
+      forged.signature = garbage;
+      verdict = await verifyTrail(entries([...records, forged]), keys);
+      assert.equal(verdict.firstBrokenSequence, 5n, garbage.slice(0, 20));
+      assert.match(verdict.problem, /record 5 has an invalid signature/);
+    }
   });
 
   test("verification can start in the middle of the trail", async () => {

@@ -1,10 +1,12 @@
 import { join } from "node:path";
 import { ServiceHost, auditStream, type Logger } from "@nearhub/platform";
+import { AccessService } from "@nearhub/proto/access";
 import { AuditService } from "@nearhub/proto/audit";
+import { accessApi } from "./access-api.js";
 import { auditApi } from "./audit-api.js";
 import type { AuditConfig } from "./config.js";
 import { RecordIndex } from "./record-index.js";
-import { Recorder } from "./recorder.js";
+import { RECORDER_BATCH, Recorder } from "./recorder.js";
 import { loadSigningKey } from "./signing-key.js";
 import { AuditTrail, trailStream } from "./trail.js";
 
@@ -54,9 +56,14 @@ export async function startAudit(config: AuditConfig, options: { logger?: Logger
         AuditService,
         auditApi({ index: db, trail, recorder, trustedKeys: new Map([[key.keyId, key.publicKey]]) }),
       );
+      // The audit service owns the `rbac` bucket: tokens and role bindings.
+      if (config.NEARHUB_ADMIN_TOKEN) await host.access.store.ensureBootstrapToken(config.NEARHUB_ADMIN_TOKEN);
+      host.serve(AccessService, accessApi({ access: host.access, bus: host.bus }));
       const consumer = await host.bus.consume(
         { stream: host.names.stream("AUDIT"), durable: "audit-recorder" },
         recorder.handler(),
+        // Two batches' worth in flight: the next batch fills while the last one is appended.
+        { concurrency: 2 * RECORDER_BATCH },
       );
       host.onStop(() => consumer.stop(config.NEARHUB_SHUTDOWN_TIMEOUT_MS));
     },

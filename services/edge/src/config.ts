@@ -23,7 +23,10 @@ export const edgeEnv = {
   NEARHUB_INFERENCE_ADDR: address("127.0.0.1:8001"),
   /** The sync service's internal git smart-HTTP endpoint, which serves clones. */
   NEARHUB_SYNC_GIT_URL: z
-    .url({ error: "must be an http URL such as http://sync:7111" })
+    .url({
+      protocol: /^https?$/,
+      error: "must be an http(s) URL such as http://sync:7111 (https://sync:7111 when sync has NEARHUB_TLS_CERT)",
+    })
     .default("http://127.0.0.1:7111"),
   /** Whether a clone of a repository not yet mirrored creates the mirror (pull-through). */
   NEARHUB_GIT_PULL_THROUGH: z.enum(["on", "off"], { error: "must be on or off" }).default("on"),
@@ -33,6 +36,17 @@ export const edgeEnv = {
   NEARHUB_GIT_PULL_THROUGH_TIMEOUT_S: z.coerce.number().int().min(1).max(86_400).default(900),
   /** The secret GitHub signs webhook deliveries with (X-Hub-Signature-256); webhooks are refused without it. */
   NEARHUB_GITHUB_WEBHOOK_SECRET: z.string().optional(),
+  /** SSH port for read-only `git clone ssh://…` (git-upload-pack); 0 turns SSH off. */
+  NEARHUB_SSH_PORT: z.coerce
+    .number({ error: "must be a port number from 0 (off) to 65535, e.g. 2222" })
+    .int("must be a port number from 0 (off) to 65535, e.g. 2222")
+    .min(0, "must be a port number from 0 (off) to 65535, e.g. 2222")
+    .max(65535, "must be a port number from 0 (off) to 65535, e.g. 2222")
+    .default(0),
+  /** The SSH host key (OpenSSH private key file); generated and kept in NEARHUB_DATA_DIR when unset. */
+  NEARHUB_SSH_HOST_KEY: z.string().optional(),
+  /** authorized_keys file: each key's comment is its subject (`user:alice`); re-read when it changes. */
+  NEARHUB_SSH_AUTHORIZED_KEYS: z.string().optional(),
   /** The upstream name GitHub webhook repositories map to. */
   NEARHUB_GITHUB_WEBHOOK_UPSTREAM: z.string().default("github.com"),
 };

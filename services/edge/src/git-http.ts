@@ -1,10 +1,10 @@
-import { Agent, request, type IncomingMessage, type ServerResponse } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { Counter } from "prom-client";
 import { Code, NearhubError, type Logger, type ServiceMetrics } from "@nearhub/platform";
-import { MirrorState } from "@nearhub/proto/sync";
 import type { Backends } from "./backends.js";
 import type { EdgeConfig } from "./config.js";
 import { checkPktLines, readGitBody } from "./git-pkt.js";
+import type { PullThrough } from "./git-pull-through.js";
 import { HttpError, type Route } from "./router.js";
 
 // `/<upstream>/<owner>/<repo>[.git]/…`, matched on the decoded path.
@@ -33,27 +33,38 @@ export function checkRepoName(raw: string): string {
   return `${upstream}/${owner}/${repo}`;
 }
 
-/** Whether a name matches one of the comma-separated glob patterns (`*` within a segment, `**` anything). */
-export function allowedByPatterns(name: string, patterns: string): boolean {
-  return patterns
-    .split(",")
-    .map((p) => p.trim())
-    .filter(Boolean)
-    .some((p) => {
-      if (p === "*" || p === "**") return true;
-      const re = new RegExp(
-        `^${p
-          .split("**")
-          .map((part) =>
-            part
-              .split("*")
-              .map((s) => s.replace(/[.+?^${}()|[\]\\]/g, "\\$&"))
-              .join("[^/]*"),
-          )
-          .join(".*")}$`,
-      );
-      return re.test(name);
-    });
+export { allowedByPatterns } from "./git-pull-through.js";
+
+/** The pkt-line opening a v2 fetch answer's pack section. */
+const PACKFILE_LINE = Buffer.from("000dpackfile\n");
+const PROGRESS_EVERY_MS = 1000;
+
+/** One sideband pkt-line on `band` (1 data, 2 progress, 3 fatal error). */
+export function sideband(band: 1 | 2 | 3, text: string): Buffer {
+  const data = Buffer.from(text, "utf8").subarray(0, 65515);
+  const head = Buffer.from((data.length + 5).toString(16).padStart(4, "0"), "latin1");
+  return Buffer.concat([head, Buffer.from([band]), data]);
+}
+
+/**
+ * Whether a v2 fetch request's answer is certain to start with the `packfile` section (the
+ * client said `done`, and asked for no shallow or wanted-refs sections), so progress can be
+ * sent before the pack exists.
+ */
+export function progressible(body: Buffer): boolean {
+  const lines: string[] = [];
+  let at = 0;
+  while (at + 4 <= body.length) {
+    const len = parseInt(body.toString("latin1", at, at + 4), 16);
+    if (!(len >= 4)) {
+      if (!(len >= 0)) return false;
+      at += 4;
+      continue;
+    }
+    lines.push(body.toString("latin1", at + 4, at + len).replace(/\n$/, ""));
+    at += len;
+  }
+  return lines.includes("done") && !lines.some((l) => /^(deepen|shallow|want-ref)\b/.test(l));
 }
 
 function sendText(res: ServerResponse, status: number, text: string): void {
@@ -77,39 +88,33 @@ export function gitRoutes(deps: {
   config: EdgeConfig;
   metrics: ServiceMetrics;
   logger: Logger;
+  pullThrough: PullThrough;
 }): Route[] {
-  const { backends, config } = deps;
-  const log = deps.logger.child({ component: "git-http" });
-  const agent = new Agent({ keepAlive: true, maxSockets: 256 });
-  const syncUrl = new URL(config.NEARHUB_SYNC_GIT_URL);
+  const { config, pullThrough } = deps;
   const requests = new Counter({
     name: "nearhub_edge_git_requests_total",
     help: "Git smart-HTTP requests at the edge by kind (advertise, upload-pack, push) and outcome",
     labelNames: ["kind", "outcome"],
     registers: [deps.metrics.registry],
   });
-  const pullThroughs = new Counter({
-    name: "nearhub_edge_git_pull_through_total",
-    help: "Pull-through mirror creations by outcome (created, joined, failed, refused)",
-    labelNames: ["outcome"],
-    registers: [deps.metrics.registry],
-  });
-  const inflight = new Map<string, Promise<void>>();
 
-  /** Forwards to the sync service; resolves "not-mirrored" without answering when it says so. */
+  /**
+   * Forwards to the sync service; resolves "not-mirrored" without answering when it says so.
+   * With `continued`, the response head and a `packfile` section header were already sent
+   * (progress while waiting): the sync service's own `packfile` line is dropped and the rest
+   * streamed on.
+   */
   const forward = (
     method: string,
     path: string,
     headers: Record<string, string>,
     body: Buffer | undefined,
     res: ServerResponse,
+    continued = false,
   ): Promise<"done" | "not-mirrored"> =>
     new Promise((resolve, reject) => {
-      const upstreamReq = request(
+      const upstreamReq = deps.backends.syncGit.request(
         {
-          agent,
-          host: syncUrl.hostname,
-          port: syncUrl.port || 80,
           method,
           path,
           headers: { ...headers, ...(body ? { "content-length": String(body.length) } : {}) },
@@ -118,6 +123,39 @@ export function gitRoutes(deps: {
           if (upstreamRes.statusCode === 404 && upstreamRes.headers["x-nearhub-not-mirrored"]) {
             upstreamRes.resume();
             resolve("not-mirrored");
+            return;
+          }
+          if (continued) {
+            if (upstreamRes.statusCode !== 200) {
+              upstreamRes.resume();
+              res.end(sideband(3, `nearhub: the mirror answered ${upstreamRes.statusCode ?? "?"}; retry the clone\n`));
+              resolve("done");
+              return;
+            }
+            let head = Buffer.alloc(0);
+            upstreamRes.on("data", (chunk: Buffer) => {
+              if (head.length >= PACKFILE_LINE.length) {
+                if (!res.write(chunk)) {
+                  upstreamRes.pause();
+                  res.once("drain", () => upstreamRes.resume());
+                }
+                return;
+              }
+              head = Buffer.concat([head, chunk]);
+              if (head.length < PACKFILE_LINE.length) return;
+              if (!head.subarray(0, PACKFILE_LINE.length).equals(PACKFILE_LINE)) {
+                upstreamRes.destroy();
+                res.end(sideband(3, "nearhub: the mirror's answer did not start with a pack; retry the clone\n"));
+                return;
+              }
+              res.write(head.subarray(PACKFILE_LINE.length));
+            });
+            upstreamRes.on("end", () => {
+              res.end();
+              resolve("done");
+            });
+            upstreamRes.on("error", reject);
+            res.on("close", () => upstreamRes.destroy());
             return;
           }
           const out: Record<string, string> = { "cache-control": "no-cache" };
@@ -143,57 +181,6 @@ export function gitRoutes(deps: {
       upstreamReq.end(body);
     });
 
-  const pullThrough = async (name: string): Promise<void> => {
-    if (config.NEARHUB_GIT_PULL_THROUGH === "off") {
-      pullThroughs.inc({ outcome: "refused" });
-      throw new NearhubError(
-        Code.NotFound,
-        `${name} is not mirrored here; ask an administrator to run: nearhub mirror add ${name}`,
-      );
-    }
-    if (!allowedByPatterns(name, config.NEARHUB_GIT_PULL_THROUGH_ALLOW)) {
-      pullThroughs.inc({ outcome: "refused" });
-      throw new NearhubError(
-        Code.PermissionDenied,
-        `${name} is not mirrored and pull-through is not allowed for it (NEARHUB_GIT_PULL_THROUGH_ALLOW); ask an administrator to run: nearhub mirror add ${name}`,
-      );
-    }
-    const pending = inflight.get(name);
-    if (pending) {
-      pullThroughs.inc({ outcome: "joined" });
-      return pending;
-    }
-    const work = (async () => {
-      const timeoutMs = config.NEARHUB_GIT_PULL_THROUGH_TIMEOUT_S * 1000;
-      const { mirror, created } = await backends.sync.addMirror({ name });
-      log.info("pull-through: waiting for the first sync", { mirror: name, created });
-      if (!created && mirror?.state === MirrorState.FAILED) {
-        await backends.sync.syncMirror({ name, reason: "pull-through" });
-      }
-      const giveUp = Date.now() + timeoutMs;
-      while (Date.now() < giveUp) {
-        const { mirror: m } = await backends.sync.getMirror({ name });
-        if (m?.lastSuccessAt) {
-          pullThroughs.inc({ outcome: "created" });
-          return;
-        }
-        if (m && (m.state === MirrorState.FAILED || m.state === MirrorState.PAUSED)) {
-          pullThroughs.inc({ outcome: "failed" });
-          throw new HttpError(
-            502,
-            Code.Unavailable,
-            `the first sync of ${name} from its upstream failed: ${m.pausedReason || m.lastError || "unknown error"}`,
-          );
-        }
-        await new Promise((r) => setTimeout(r, 200));
-      }
-      pullThroughs.inc({ outcome: "failed" });
-      throw new HttpError(504, Code.DeadlineExceeded, `the first sync of ${name} is still running; try again shortly`);
-    })().finally(() => inflight.delete(name));
-    inflight.set(name, work);
-    return work;
-  };
-
   const refusePush = (name: string, res: ServerResponse) => {
     requests.inc({ kind: "push", outcome: "refused" });
     sendText(
@@ -208,6 +195,11 @@ export function gitRoutes(deps: {
       method: "GET",
       pattern: new RegExp(`${REPO}\\/info\\/refs$`),
       template: "/{repo}/info/refs",
+      // Reading the mirror (a pull-through fill is part of reading); git prompts on the 401 challenge.
+      access: ({ params, url }) =>
+        url.searchParams.get("service") === "git-receive-pack"
+          ? undefined
+          : { permission: "read", resource: checkRepoName(params["name"] ?? "") },
       handler: async ({ req, res, url, params }) => {
         const name = checkRepoName(params["name"] ?? "");
         const service = url.searchParams.get("service");
@@ -230,6 +222,7 @@ export function gitRoutes(deps: {
       method: "POST",
       pattern: new RegExp(`${REPO}\\/git-upload-pack$`),
       template: "/{repo}/git-upload-pack",
+      access: ({ params }) => ({ permission: "read", resource: checkRepoName(params["name"] ?? "") }),
       handler: async ({ req, res, params }) => {
         const name = checkRepoName(params["name"] ?? "");
         const type = String(req.headers["content-type"] ?? "");
@@ -249,10 +242,31 @@ export function gitRoutes(deps: {
         const headers: Record<string, string> = { "content-type": type };
         const protocol = req.headers["git-protocol"];
         if (typeof protocol === "string") headers["git-protocol"] = protocol;
-        const outcome = await forward("POST", `/git/${name}/git-upload-pack`, headers, body, res);
+        const path = `/git/${name}/git-upload-pack`;
+        let outcome = await forward("POST", path, headers, body, res);
         if (outcome === "not-mirrored") {
-          requests.inc({ kind: "upload-pack", outcome: "not-mirrored" });
-          throw new NearhubError(Code.NotFound, `${name} is not mirrored; fetch its refs first (git clone does)`);
+          const v2 = typeof protocol === "string" && /(^|:)version=2(:|$)/.test(protocol);
+          if (!v2 && !pullThrough.pending(name)) {
+            requests.inc({ kind: "upload-pack", outcome: "not-mirrored" });
+            throw new NearhubError(Code.NotFound, `${name} is not mirrored; fetch its refs first (git clone does)`);
+          }
+          // A v2 client that got the capabilities while the first sync runs (see serveAdvertisement).
+          pullThrough.admit(name);
+          const first = pullThrough.wait(name);
+          const command = /^[0-9a-f]{4}command=([a-z-]+)/.exec(body.toString("latin1", 0, 200))?.[1];
+          if (command === "ls-refs") {
+            // Answered from the upstream's refs, so the client goes on to its fetch and sees progress there.
+            outcome = await forward("POST", `${path}?pending=1`, headers, body, res);
+          } else if (command === "fetch" && progressible(body)) {
+            await waitWithProgress(name, first, res);
+            if (res.writableEnded) return;
+            outcome = await forward("POST", path, headers, body, res, true);
+          } else {
+            await first;
+            outcome = await forward("POST", path, headers, body, res);
+          }
+          if (outcome === "not-mirrored")
+            throw new NearhubError(Code.Unavailable, `${name} synced but is not on disk yet; retry`);
         }
         requests.inc({ kind: "upload-pack", outcome: "ok" });
       },
@@ -268,11 +282,51 @@ export function gitRoutes(deps: {
     },
   ];
 
+  /**
+   * Waits for a pull-through's first sync while telling the client: the response starts as a v2
+   * fetch answer (`packfile` section) whose sideband band 2 carries "waiting…" lines; on failure
+   * band 3 carries the reason, which git prints as a remote error.
+   */
+  async function waitWithProgress(name: string, first: Promise<void>, res: ServerResponse): Promise<void> {
+    res.writeHead(200, { "content-type": "application/x-git-upload-pack-result", "cache-control": "no-cache" });
+    res.write(PACKFILE_LINE);
+    const started = Date.now();
+    const say = () =>
+      res.write(
+        sideband(
+          2,
+          `nearhub: waiting for the upstream fetch of ${name}… ${Math.round((Date.now() - started) / 1000)}s\r`,
+        ),
+      );
+    say();
+    const timer = setInterval(say, PROGRESS_EVERY_MS);
+    try {
+      await first;
+      res.write(sideband(2, `nearhub: waiting for the upstream fetch of ${name}… done\n`));
+    } catch (error) {
+      const e = NearhubError.from(error);
+      res.end(sideband(3, `nearhub: ${e.rawMessage}\n`));
+    } finally {
+      clearInterval(timer);
+    }
+  }
+
   async function serveAdvertisement(name: string, res: ServerResponse, headers: Record<string, string>): Promise<void> {
     const path = `/git/${name}/info/refs?service=git-upload-pack`;
     let outcome = await forward("GET", path, headers, undefined, res);
     if (outcome === "not-mirrored") {
-      await pullThrough(name);
+      pullThrough.admit(name);
+      const first = pullThrough.wait(name);
+      if (/(^|:)version=2(:|$)/.test(headers["git-protocol"] ?? "")) {
+        // v2: the capabilities do not depend on the repository, so the client is answered at once
+        // and reaches its fetch, where it is shown the wait (the ref advertisement cannot carry progress).
+        outcome = await forward("GET", `${path}&pending=1`, headers, undefined, res);
+        if (outcome === "done") {
+          requests.inc({ kind: "advertise", outcome: "ok" });
+          return;
+        }
+      }
+      await first;
       outcome = await forward("GET", path, headers, undefined, res);
       if (outcome === "not-mirrored")
         throw new NearhubError(Code.Unavailable, `${name} synced but is not on disk yet; retry`);

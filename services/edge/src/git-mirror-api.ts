@@ -1,7 +1,7 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import { toJson } from "@bufbuild/protobuf";
-import { Code, NearhubError, sendJson, type Logger } from "@nearhub/platform";
+import { Code, NearhubError, asService, sendJson, type Logger } from "@nearhub/platform";
 import { MirrorSchema } from "@nearhub/proto/sync";
 import type { Backends } from "./backends.js";
 import type { EdgeConfig } from "./config.js";
@@ -131,7 +131,8 @@ export function gitMirrorRoutes(deps: { backends: Backends; config: EdgeConfig; 
           );
         }
         const name = `${config.NEARHUB_GITHUB_WEBHOOK_UPSTREAM}/${fullName}`;
-        await backends.sync.syncMirror({ name, reason: "webhook" });
+        // The signature proved GitHub sent it: queue the sync as edge itself.
+        await asService(() => backends.sync.syncMirror({ name, reason: "webhook" }));
         log.info("webhook queued a sync", { mirror: name });
         sendJson(res, 202, { queued: name });
       },

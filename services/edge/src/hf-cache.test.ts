@@ -1,12 +1,15 @@
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { readdir } from "node:fs/promises";
+import { open, readdir, writeFile } from "node:fs/promises";
+import { createServer, get, type IncomingMessage } from "node:http";
+import type { AddressInfo } from "node:net";
+import { PassThrough } from "node:stream";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { createLogger } from "@nearhub/platform";
-import { tempDir } from "@nearhub/testing";
+import { eventually, tempDir } from "@nearhub/testing";
 import { Registry } from "prom-client";
-import { BlobCache, BlobMismatch } from "./hf-cache.js";
+import { BlobCache, BlobMismatch, sendBuffersHeld, sendFile, type BlobReader } from "./hf-cache.js";
 
 const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 const logger = createLogger({ service: "test", level: "silent" });
@@ -97,4 +100,112 @@ describe("the edge's hot blob cache", () => {
       await dir.cleanup();
     }
   });
+
+  test("a hit sends any range of a multi-chunk blob exactly over HTTP, from reused buffers", async () => {
+    const dir = await tempDir();
+    const MiB = 1024 * 1024;
+    const data = randomBytes(9 * MiB + 123);
+    const cache = new BlobCache(dir.path, 64 * MiB, logger, new Registry());
+    await cache.init();
+    await cache.putVerified(sha(data), data);
+    // Each request opens its own reader, as the edge does, and sends the range asked in the URL.
+    const server = createServer((req, res) => {
+      const [start, end] = (req.url ?? "").slice(1).split("-").map(Number) as [number, number];
+      void cache
+        .open(sha(data), data.length, () => Promise.reject(new Error("a hit reads no source")))
+        .then((reader: BlobReader) => {
+          assert.equal(reader.cached, true);
+          res.writeHead(200, { "content-length": String(end - start + 1) });
+          return reader.send!(res, start, end);
+        });
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      const ranges: Array<[number, number]> = [
+        [0, data.length - 1],
+        [0, 0],
+        [4 * MiB - 1, 4 * MiB], // across the first read boundary
+        [5, 8 * MiB + 7], // two full reads and a partial one
+        [data.length - 1, data.length - 1],
+        [3, 4 * MiB - 1],
+      ];
+      // A few at once: the spare buffers are shared between transfers.
+      await Promise.all(
+        ranges.map(async ([start, end]) => {
+          const body = await fetchBody(`http://127.0.0.1:${port}/${start}-${end}`);
+          assert.equal(body.length, end - start + 1, `range ${start}-${end}: length`);
+          assert.ok(body.equals(data.subarray(start, end + 1)), `range ${start}-${end}: bytes`);
+        }),
+      );
+      await eventually(async () => (sendBuffersHeld() === 0 ? true : undefined), 5000, "send buffers handed back");
+    } finally {
+      server.close();
+      await dir.cleanup();
+    }
+  });
+
+  test("sendFile stops and closes the file when the client goes away mid-transfer", async () => {
+    const dir = await tempDir();
+    const path = join(dir.path, "big");
+    const size = 64 * 1024 * 1024;
+    await writeFile(path, Buffer.alloc(size, 7));
+    let handle: Awaited<ReturnType<typeof open>> | undefined;
+    let sent!: Promise<void>;
+    let started!: () => void;
+    const sending = new Promise<void>((resolve) => (started = resolve));
+    const server = createServer((_req, res) => {
+      void open(path, "r").then((fh) => {
+        handle = fh;
+        res.writeHead(200, { "content-length": String(size) });
+        sent = sendFile(fh, res, 0, size - 1);
+        started();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const req = get(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`, (res: IncomingMessage) => {
+          res.once("data", () => {
+            req.destroy(); // the client hangs up after the first bytes
+            resolve();
+          });
+        });
+        req.on("error", (error) => (req.destroyed ? undefined : reject(error)));
+      });
+      await sending;
+      await sent; // resolves instead of waiting forever for buffers that never come back
+      assert.equal(handle?.fd, -1, "the file was closed");
+      await eventually(async () => (sendBuffersHeld() === 0 ? true : undefined), 5000, "send buffers freed");
+    } finally {
+      server.close();
+      await dir.cleanup();
+    }
+  });
+
+  test("sendFile rejects, naming the byte, when the file is shorter than the range", async () => {
+    const dir = await tempDir();
+    const path = join(dir.path, "short");
+    await writeFile(path, randomBytes(1000));
+    const sink = new PassThrough();
+    sink.resume();
+    try {
+      await assert.rejects(sendFile(await open(path, "r"), sink, 0, 4999), /ended early at byte 1000/);
+      await assert.rejects(sendFile(await open(path, "r"), sink, 0, 16 * 1024 * 1024), /ended early at byte 1000/);
+    } finally {
+      await dir.cleanup();
+    }
+  });
 });
+
+/** GETs a URL and returns the whole body. */
+function fetchBody(url: string): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    get(url, (res) => {
+      const parts: Buffer[] = [];
+      res.on("data", (c: Buffer) => parts.push(c));
+      res.on("end", () => resolve(Buffer.concat(parts)));
+      res.on("error", reject);
+    }).on("error", reject);
+  });
+}

@@ -1,5 +1,12 @@
 import { timestampMs, type Timestamp } from "@bufbuild/protobuf/wkt";
-import { Code, NearhubError, createClient, sendJson, type ServiceMetrics } from "@nearhub/platform";
+import {
+  Code,
+  NearhubError,
+  createClient,
+  sendJson,
+  type ServiceMetrics,
+  type TransportSecurity,
+} from "@nearhub/platform";
 import { ModelMirrorService, type ModelMirror } from "@nearhub/proto/model-mirror";
 import { RepoKind } from "@nearhub/proto/registry";
 import type { EdgeConfig } from "./config.js";
@@ -72,10 +79,15 @@ export function modelMirrorRoutes(deps: {
   config: EdgeConfig;
   metrics: ServiceMetrics;
   onStop: (fn: () => void) => void;
+  /** TLS of the calls to sync. */
+  tls?: TransportSecurity;
+  /** The identity of the request's caller, for sync to check. */
+  callMetadata?: () => Record<string, string>;
 }): Route[] {
   const sync = createClient(ModelMirrorService, deps.config.NEARHUB_SYNC_ADDR, {
+    ...(deps.tls ? { credentials: deps.tls.grpcChannelCredentials() } : {}),
     metrics: deps.metrics,
-    metadata: { "x-nearhub-caller": "service:edge" },
+    ...(deps.callMetadata ? { callMetadata: deps.callMetadata } : {}),
   });
   deps.onStop(() => sync.$close());
   const ONE = /^\/api\/model-mirrors\/(?<kind>model|dataset|space)\/(?<id>[^/]+(?:\/[^/]+)?)$/;

@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { open } from "node:fs/promises";
 import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
-import { Code, NearhubError, type Client, type Logger } from "@nearhub/platform";
+import { Code, NearhubError, asService, type Client, type Logger } from "@nearhub/platform";
 import { RefKind, RepoKind, type RegistryService, type Revision } from "@nearhub/proto/registry";
 import type { StorageService } from "@nearhub/proto/storage";
 import { Counter, type Registry } from "prom-client";
@@ -163,12 +163,15 @@ export class HfRepos {
       );
     }
     const pinned = (await this.fromRegistry(type, id, info.sha)) ?? (await this.pinFrom(type, id, info));
-    await this.deps.registry.updateRef({
-      repo: { kind: KIND[type], id },
-      kind: RefKind.BRANCH,
-      name: branch,
-      newCommit: info.sha,
-    });
+    // Following the upstream's branch is the mirror's own work, whoever asked.
+    await asService(() =>
+      this.deps.registry.updateRef({
+        repo: { kind: KIND[type], id },
+        kind: RefKind.BRANCH,
+        name: branch,
+        newCommit: info.sha,
+      }),
+    );
     this.refs.set(key, { at: Date.now(), commit: info.sha });
     return pinned;
   }
@@ -237,8 +240,16 @@ export class HfRepos {
     return p;
   }
 
-  /** Pins an upstream revision: reads its small files whole, stores them and publishes the manifest. */
-  private async pinFrom(type: HfType, id: string, info: UpstreamInfo): Promise<Pinned> {
+  /**
+   * Pins an upstream revision: reads its small files whole, stores them and publishes the
+   * manifest. Storing is the mirror's own work (a pull-through for everyone), so its calls carry
+   * the edge's identity, not the reader's, who may only read.
+   */
+  private pinFrom(type: HfType, id: string, info: UpstreamInfo): Promise<Pinned> {
+    return asService(() => this.pinNow(type, id, info));
+  }
+
+  private async pinNow(type: HfType, id: string, info: UpstreamInfo): Promise<Pinned> {
     const upstream = this.deps.upstream!;
     try {
       const files = new Map<string, FileEntry>();
@@ -350,7 +361,7 @@ export class HfRepos {
 
   /** A small blob read whole: from the hot cache, else from storage. */
   private async readSmall(sha256: string, size: number): Promise<Buffer> {
-    const reader = await this.deps.cache.open(sha256, size, async () => this.storageChunks(sha256));
+    const reader = await asService(() => this.deps.cache.open(sha256, size, async () => this.storageChunks(sha256)));
     const parts: Buffer[] = [];
     for await (const chunk of reader.stream(0, size - 1)) parts.push(chunk as Buffer);
     return Buffer.concat(parts);
@@ -365,6 +376,12 @@ export class HfRepos {
    * the client while it is written, verified, then committed to storage in the background).
    */
   async openFile(p: Pinned, entry: FileEntry): Promise<BlobReader> {
+    // A fill (from storage or the upstream, then committed to storage) serves every later
+    // reader, so it runs as the edge; whether this caller may read the repo is decided before.
+    return asService(() => this.openNow(p, entry));
+  }
+
+  private openNow(p: Pinned, entry: FileEntry): Promise<BlobReader> {
     return this.deps.cache.open(
       entry.sha256,
       entry.size,

@@ -2,7 +2,15 @@ import { createHash } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
-import { Code, NearhubError, createClient, httpStatusOf, type Logger, type ServiceMetrics } from "@nearhub/platform";
+import {
+  Code,
+  NearhubError,
+  createClient,
+  httpStatusOf,
+  type Logger,
+  type ServiceMetrics,
+  type TransportSecurity,
+} from "@nearhub/platform";
 import { RegistryService } from "@nearhub/proto/registry";
 import type { Backends } from "./backends.js";
 import type { EdgeConfig } from "./config.js";
@@ -172,12 +180,15 @@ export async function hfMirror(deps: {
   metrics: ServiceMetrics;
   logger: Logger;
   onStop: (fn: () => void) => void;
+  /** TLS of the calls to storage. */
+  tls?: TransportSecurity;
 }): Promise<HfMirror> {
   const { config, backends } = deps;
   const logger = deps.logger.child({ component: "hf" });
   const registry = createClient(RegistryService, config.NEARHUB_STORAGE_ADDR, {
+    ...(deps.tls ? { credentials: deps.tls.grpcChannelCredentials() } : {}),
     metrics: deps.metrics,
-    metadata: { "x-nearhub-caller": "service:edge" },
+    callMetadata: backends.identity,
   });
   deps.onStop(() => registry.$close());
   const cache = new BlobCache(
@@ -304,7 +315,10 @@ export async function hfMirror(deps: {
     const reader = await repos.openFile(p, entry);
     if (start === 0) repos.countDownload(target.type, target.id);
     res.writeHead(status, { ...headers, "x-cache": reader.cached ? "HIT" : "MISS" });
-    await pipeline(reader.stream(start, end), res).catch((error: unknown) => {
+    // A hit goes from the cached file to the socket in large reused buffers; a fill in
+    // progress streams as its bytes arrive.
+    const transfer = reader.send ? reader.send(res, start, end) : pipeline(reader.stream(start, end), res);
+    await transfer.catch((error: unknown) => {
       logger.warn("file transfer ended early", { path: entry.path, sha256: entry.sha256, error });
       res.destroy();
     });

@@ -1,5 +1,17 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { Code, NearhubError, observeHttp, sendError, sendJson, type ServiceMetrics } from "@nearhub/platform";
+import {
+  Code,
+  NearhubError,
+  httpStatusOf,
+  observeHttp,
+  runAs,
+  sendError,
+  sendJson,
+  type Access,
+  type Permission,
+  type Principal,
+  type ServiceMetrics,
+} from "@nearhub/platform";
 
 /** An error whose HTTP status is more precise than its code's (413, 415, 431). */
 export class HttpError extends NearhubError {
@@ -18,6 +30,18 @@ export interface RouteContext {
   res: ServerResponse;
   url: URL;
   params: Record<string, string>;
+  /** Who sent the request (anonymous without credentials). */
+  principal: Principal;
+  /** Refuses (401 for anonymous, 403 otherwise; audited) unless the caller may do this. */
+  authorize(permission: Permission, resource: string): Promise<void>;
+  /** Whether the caller may do this (no audit; for filtering lists). */
+  can(permission: Permission, resource: string): boolean;
+}
+
+/** What a route needs before its handler runs. */
+export interface AccessRule {
+  permission: Permission;
+  resource: string;
 }
 
 /** A route: method, path pattern with named groups, and a template used as the metric label. */
@@ -26,13 +50,34 @@ export interface Route {
   pattern: RegExp;
   template: string;
   handler: (ctx: RouteContext) => Promise<void> | void;
+  /** Checked before the handler; a route without it checks inside (or is public). */
+  access?: (ctx: Omit<RouteContext, "authorize" | "can">) => AccessRule | undefined;
+}
+
+const anonymous: Principal = { subject: "anonymous", groups: [], method: "anonymous" };
+const GIT_PATH = /\/(info\/refs|git-upload-pack|git-receive-pack|info\/lfs\/.*)$/;
+
+/** The challenge of a 401: Basic for git (so it prompts for the token), Bearer for APIs. */
+export function challenge(pathname: string): Record<string, string> {
+  return {
+    "www-authenticate": GIT_PATH.test(pathname) ? 'Basic realm="nearhub", charset="UTF-8"' : 'Bearer realm="nearhub"',
+  };
+}
+
+/** Sends an error: JSON with the right status, and the challenge on a 401. */
+export function sendRouteError(res: ServerResponse, pathname: string, error: unknown): void {
+  if (error instanceof HttpError) return sendJson(res, error.status, { error: error.rawMessage });
+  const e = NearhubError.from(error, Code.Internal);
+  if (e.code === Code.Unauthenticated)
+    return sendJson(res, httpStatusOf(e.code), { error: e.rawMessage }, challenge(pathname));
+  sendError(res, error);
 }
 
 /**
  * A small router: matches method and path, times every request under its route template, and
  * turns thrown errors into JSON with the right status. 404 and 405 say what exists.
  */
-export function createRouter(routes: Route[], metrics: ServiceMetrics) {
+export function createRouter(routes: Route[], metrics: ServiceMetrics, access?: Access) {
   return (req: IncomingMessage, res: ServerResponse): void => {
     let url: URL;
     try {
@@ -70,13 +115,33 @@ export function createRouter(routes: Route[], metrics: ServiceMetrics) {
     }
     observeHttp(metrics, req, res, route.template);
     const params = route.pattern.exec(pathname)?.groups ?? {};
-    Promise.resolve()
-      .then(() => route.handler({ req, res, url, params: { ...params } }))
-      .catch((error: unknown) => {
-        if (res.headersSent) res.destroy(error as Error);
-        else if (error instanceof HttpError) sendJson(res, error.status, { error: error.rawMessage });
-        else sendError(res, error);
-      });
+    const peer = req.socket.remoteAddress ?? "";
+    const userAgent = String(req.headers["user-agent"] ?? "").slice(0, 256);
+    const run = async () => {
+      // Only the Authorization header counts: an identity assertion from outside is ignored.
+      const principal = access
+        ? await access.authenticateAudited({ authorization: req.headers.authorization }, { peer, userAgent }, pathname)
+        : anonymous;
+      const source = { principal, peer, userAgent };
+      const ctx: RouteContext = {
+        req,
+        res,
+        url,
+        params: { ...params },
+        principal,
+        authorize: (permission, resource) =>
+          access ? access.authorize(source, permission, resource) : Promise.resolve(),
+        can: (permission, resource) => (access ? access.decide(principal, permission, resource).allowed : true),
+      };
+      const rule = route.access?.(ctx);
+      if (rule) await ctx.authorize(rule.permission, rule.resource);
+      // gRPC calls the handler makes carry this caller's identity.
+      await runAs(principal, () => route.handler(ctx));
+    };
+    run().catch((error: unknown) => {
+      if (res.headersSent) res.destroy(error as Error);
+      else sendRouteError(res, pathname, error);
+    });
   };
 }
 

@@ -84,7 +84,7 @@ export function toWireHit(h: IndexHit) {
 /** nearhub.search.v1.SearchService over the live index; `replay` feeds rebuilds. */
 export function searchApi(index: LiveIndex | SearchIndex, replay?: Replay): ServiceImpl<typeof SearchService> {
   return {
-    async search(request) {
+    async search(request, ctx) {
       if (request.query.length > MAX_QUERY_CHARS) {
         throw new NearhubError(
           Code.InvalidArgument,
@@ -131,10 +131,17 @@ export function searchApi(index: LiveIndex | SearchIndex, replay?: Replay): Serv
       });
       const { hits, total } = await index.search(query);
       const next = offset + hits.length < total && hits.length > 0 ? encodeCursor(offset + hits.length) : "";
-      return { hits: hits.map(toWireHit), nextCursor: next, total: BigInt(total) };
+      // Only what the caller may read; a reader of everything skips the per-hit check.
+      if (ctx.can("read", "*")) return { hits: hits.map(toWireHit), nextCursor: next, total: BigInt(total) };
+      const readable = hits.filter((h) => ctx.can("read", resourceOfDocument(h.kind, h.id)));
+      return {
+        hits: readable.map(toWireHit),
+        nextCursor: next,
+        total: BigInt(Math.max(readable.length, total - (hits.length - readable.length))),
+      };
     },
 
-    async suggest(request) {
+    async suggest(request, ctx) {
       if (request.prefix.length > 200) {
         throw new NearhubError(Code.InvalidArgument, `prefix is ${request.prefix.length} characters; the limit is 200`);
       }
@@ -143,10 +150,13 @@ export function searchApi(index: LiveIndex | SearchIndex, replay?: Replay): Serv
       }
       checkEnum(request.kind, DocumentKind, "kind");
       const suggestions = await index.suggest(request.prefix, request.kind, request.limit || 10);
-      return { suggestions };
+      if (ctx.can("read", "*")) return { suggestions };
+      return { suggestions: suggestions.filter((s) => ctx.can("read", resourceOfDocument(s.kind, s.id))) };
     },
 
     async *rebuildIndex(_request, ctx) {
+      // Rebuilding touches every document: maintainers of everything only.
+      await ctx.authorize("mirror", "*");
       if (!replay || !("rebuild" in index)) {
         throw new NearhubError(Code.Unimplemented, "this index cannot be rebuilt: it has no event source");
       }
@@ -170,4 +180,16 @@ export function searchApi(index: LiveIndex | SearchIndex, replay?: Replay): Serv
       }
     },
   };
+}
+
+/** The RBAC resource of a search document: the mirror name, or `models/<id>`, `datasets/<id>`. */
+export function resourceOfDocument(kind: DocumentKind, id: string): string {
+  switch (kind) {
+    case DocumentKind.MODEL:
+      return `models/${id}`;
+    case DocumentKind.DATASET:
+      return `datasets/${id}`;
+    default:
+      return id;
+  }
 }

@@ -106,7 +106,11 @@ export async function startIndexing(config: IndexingConfig, options: { logger?: 
       }
       const observe = (type: string, outcome: "applied" | "stale" | "skipped") => events.inc({ type, outcome });
       // Model and dataset documents read manifests and cards from storage (lazily connected).
-      const clientOptions = { metrics: host.metrics, metadata: { "x-nearhub-caller": "service:indexing" } };
+      const clientOptions = {
+        metrics: host.metrics,
+        callMetadata: host.callMetadata(),
+        credentials: host.tls.grpcChannelCredentials(),
+      };
       const registry = createClient(RegistryService, config.NEARHUB_STORAGE_ADDR, clientOptions);
       const storage = createClient(StorageService, config.NEARHUB_STORAGE_ADDR, clientOptions);
       host.onStop(() => {

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import Database from "better-sqlite3";
-import { DocumentKind } from "@nearhub/proto/search";
+import { DocumentKind, SortDirection, SortField } from "@nearhub/proto/search";
 import { newDocument, newQuery } from "./document.js";
 import { indexBehaviour } from "./index-behaviour.js";
 import { SqliteSearchIndex, toFtsQuery } from "./sqlite-index.js";
@@ -108,5 +108,153 @@ describe("SqliteSearchIndex files", () => {
     assert.deepEqual(index.scanSync("50%", 10), ["acme/rocket-50%"]);
     assert.deepEqual(index.scanSync("%", 10), ["acme/rocket-50%"], "LIKE wildcards are literal");
     await index.close();
+  });
+});
+
+describe("SqliteSearchIndex large match sets", () => {
+  // A small threshold makes a few dozen documents a "large" match set, so the tiered ranking
+  // and the sort-bucket walk run here exactly as they do on a million documents.
+  const DAY = 86_400_000;
+  const names = ["alpha", "Beta", "gamma", "Ärger", "通义", "_under", "9lives", "zeta", "~tilde"];
+  const docs = Array.from({ length: 45 }, (_, i) =>
+    newDocument({
+      id: `${names[i % names.length] ?? "x"}-org/model-${String(i).padStart(2, "0")}`,
+      kind: i % 5 === 0 ? DocumentKind.DATASET : DocumentKind.MODEL,
+      version: 1n,
+      author: i % 2 === 0 ? "even" : "odd",
+      tags: i % 3 === 0 ? ["pytorch"] : ["jax"],
+      // Repeats on purpose: ties are broken by id.
+      downloads: (i * 7919) % 23 === 0 ? 0 : 2 ** (i % 17) * 1000 + (i % 4),
+      likes: (i * 31) % 11,
+      createdAtMs: Date.UTC(2025, 0, 1) + ((i * 13) % 40) * DAY + i,
+      updatedAtMs: Date.UTC(2025, 0, 1) + ((i * 17) % 9) * DAY,
+      body: `shared words ${i % 4 === 0 ? "shared shared" : ""} number${i}`,
+    }),
+  );
+  const byBytes = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
+  const sortKey: Record<number, (d: (typeof docs)[number]) => number | string> = {
+    [SortField.DOWNLOADS]: (d) => d.downloads,
+    [SortField.LIKES]: (d) => d.likes,
+    [SortField.UPDATED]: (d) => d.updatedAtMs,
+    [SortField.CREATED]: (d) => d.createdAtMs,
+    [SortField.NAME]: (d) => d.id.toLowerCase(),
+  };
+
+  async function withIndex(run: (index: SqliteSearchIndex) => Promise<void>): Promise<void> {
+    const dir = await mkdtemp(join(tmpdir(), "nearhub-index-"));
+    const index = new SqliteSearchIndex(join(dir, "s.sqlite"), { exactMatches: 4 });
+    try {
+      await index.apply(docs.map((doc) => ({ upsert: doc })));
+      await run(index);
+    } finally {
+      await index.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  async function pages(index: SqliteSearchIndex, fields: Parameters<typeof newQuery>[0], size: number) {
+    const seen: string[] = [];
+    const totals = new Set<number>();
+    for (let offset = 0; offset < 60; offset += size) {
+      const page = await index.search(newQuery({ ...fields, limit: size, offset }));
+      totals.add(page.total);
+      seen.push(...page.hits.map((h) => h.id));
+    }
+    return { seen, totals: [...totals] };
+  }
+
+  test("every sort field, both directions, with text, filters or both: exact order, every page", async () => {
+    await withIndex(async (index) => {
+      const cases: Array<{ text?: string; filters?: { tags?: string[]; author?: string }; kind?: DocumentKind }> = [
+        { text: "shared" },
+        { filters: { tags: ["pytorch"] } },
+        { text: "words", filters: { author: "even" }, kind: DocumentKind.MODEL },
+      ];
+      for (const c of cases) {
+        const matching = docs.filter(
+          (d) =>
+            (!c.filters?.tags || d.tags.includes(c.filters.tags[0] ?? "")) &&
+            (!c.filters?.author || d.author === c.filters.author) &&
+            (!c.kind || d.kind === c.kind),
+        );
+        for (const sort of [
+          SortField.DOWNLOADS,
+          SortField.LIKES,
+          SortField.UPDATED,
+          SortField.CREATED,
+          SortField.NAME,
+        ]) {
+          for (const direction of [SortDirection.ASC, SortDirection.DESC]) {
+            const key = sortKey[sort] as (d: (typeof docs)[number]) => number | string;
+            const sign = direction === SortDirection.DESC ? -1 : 1;
+            const expected = [...matching]
+              .sort((a, b) => {
+                const ka = key(a);
+                const kb = key(b);
+                const primary =
+                  typeof ka === "string" || typeof kb === "string"
+                    ? byBytes(String(ka), String(kb))
+                    : ka === kb
+                      ? 0
+                      : ka < kb
+                        ? -1
+                        : 1;
+                return primary !== 0 ? sign * primary : byBytes(a.id, b.id);
+              })
+              .map((d) => d.id);
+            const label = `${JSON.stringify(c)} sort ${sort} direction ${direction}`;
+            for (const size of [1, 7, 100]) {
+              const { seen, totals } = await pages(index, { ...c, sort, direction }, size);
+              assert.deepEqual(seen, expected, `${label}, pages of ${size}`);
+              assert.deepEqual(totals, [expected.length], `${label}: total`);
+            }
+          }
+        }
+      }
+    });
+  });
+
+  test("relevance beyond the threshold: tiers of the most downloaded, bm25 within, stable pages", async () => {
+    await withIndex(async (index) => {
+      const whole = await index.search(newQuery({ text: "shared", limit: 100 }));
+      assert.equal(whole.total, docs.length);
+      const ids = whole.hits.map((h) => h.id);
+      assert.deepEqual([...ids].sort(), docs.map((d) => d.id).sort(), "every match once");
+      for (const size of [1, 3, 4, 9]) {
+        const { seen, totals } = await pages(index, { text: "shared" }, size);
+        assert.deepEqual(seen, ids, `pages of ${size}`);
+        assert.deepEqual(totals, [docs.length]);
+      }
+      // The first tier (4 matches) holds the most downloaded documents, best score first.
+      const top = [...docs].sort((a, b) => b.downloads - a.downloads).slice(0, 4);
+      const tier = whole.hits.slice(0, 4);
+      assert.ok(
+        tier.every((h) => h.downloads >= (top.at(-1)?.downloads ?? 0)),
+        `first tier ${tier.map((h) => h.downloads).join(",")} holds the top downloads ${top.map((d) => d.downloads).join(",")}`,
+      );
+      for (let i = 1; i < tier.length; i++) assert.ok((tier[i - 1]?.score ?? 0) >= (tier[i]?.score ?? 0));
+      // A page past the end is empty and still counts every match.
+      const past = await index.search(newQuery({ text: "shared", limit: 10, offset: 200 }));
+      assert.deepEqual(past.hits, []);
+      assert.equal(past.total, docs.length);
+    });
+  });
+
+  test("updates and removals move documents between tiers and buckets", async () => {
+    await withIndex(async (index) => {
+      const last = docs[docs.length - 1];
+      assert.ok(last);
+      await index.apply([{ upsert: { ...last, version: 2n, downloads: 10 ** 12, likes: 999 } }]);
+      const top = await index.search(newQuery({ text: "shared", limit: 1 }));
+      assert.equal(top.hits[0]?.id, last.id, "now the most downloaded: first tier");
+      const liked = await index.search(newQuery({ text: "words", sort: SortField.LIKES, limit: 1 }));
+      assert.equal(liked.hits[0]?.id, last.id);
+      await index.apply([{ remove: { id: last.id, version: 3n } }]);
+      const after = await index.search(newQuery({ text: "shared", limit: 100 }));
+      assert.equal(after.total, docs.length - 1);
+      assert.ok(!after.hits.some((h) => h.id === last.id));
+      const sorted = await index.search(newQuery({ text: "words", sort: SortField.LIKES, limit: 100 }));
+      assert.ok(!sorted.hits.some((h) => h.id === last.id));
+    });
   });
 });

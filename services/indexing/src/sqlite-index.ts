@@ -16,9 +16,24 @@ import {
 } from "./document.js";
 
 /** Bumped whenever the table layout changes; an older file is rebuilt from the events. */
-const SCHEMA_VERSION = 4;
+const SCHEMA_VERSION = 6;
 /** Totals are exact up to this many matches and reported as this many beyond. */
 export const MAX_COUNTED = 10_000;
+/**
+ * Match sets up to this size are ranked (bm25) or sorted whole. Larger ones are ranked in
+ * tiers of this many matches, most downloaded tier first, and sorted through sort buckets:
+ * a query then costs what this many matches cost, whether 5,000 or 1,000,000 documents match.
+ */
+export const EXACT_MATCHES = 2000;
+/**
+ * bm25 reads every posting of every word of the query (its IDF), so a word found in more
+ * documents than this is not ranked by bm25: such queries rank name matches first, then the
+ * rest, each most downloaded first.
+ */
+export const MAX_RANKED_DF = 10_000;
+/** The last word expands to at most this many vocabulary words; beyond, FTS5's own prefix query runs. */
+const MAX_EXPANSION = 200;
+const TOKENIZE = `tokenize="unicode61 remove_diacritics 2"`;
 
 /**
  * Turns user text into a safe FTS5 expression: every token becomes a quoted string (quotes
@@ -61,13 +76,105 @@ interface Row {
   score?: number;
 }
 
-const HIT_COLUMNS = `d.id, d.kind, d.title, d.description, d.author, d.tags, d.pipeline_tag, d.library_name, d.license,
+const HIT_COLUMNS = `d.rowid, d.id, d.kind, d.title, d.description, d.author, d.tags, d.pipeline_tag, d.library_name, d.license,
   d.upstream, d.state, d.default_branch, d.refs_count, d.files, d.size_bytes, d.downloads, d.likes, d.private, d.gated,
   d.sha, d.created_at, d.updated_at, d.status_at`;
 
 const BM25 = "bm25(documents_fts, 10.0, 8.0, 2.0, 1.0, 0.5, 0.0)";
-/** User text matches these columns only; `facets` holds the filter tokens. */
+/** User text matches these columns only; `facets` holds the filter and sort-bucket tokens. */
 const TEXT_COLUMNS = "{id title description file_names body}";
+const NAME_COLUMNS = "{id title}";
+
+/**
+ * The vocabulary form of a typed word, when it is certain: FTS5's unicode61 folds ASCII case
+ * as toLowerCase does, and leaves a word alone that has no case and no diacritics (CJK).
+ * Anything else (accents, other scripts' case) is left to FTS5's own prefix query.
+ */
+function vocabularyKey(word: string): string | undefined {
+  if (!/^[\p{L}\p{N}]+$/u.test(word)) return undefined;
+  if (/^[\x20-\x7e]+$/.test(word)) return word.toLowerCase();
+  return word.toLowerCase() === word && word.normalize("NFD") === word ? word : undefined;
+}
+
+/**
+ * The full-text row of a document is keyed by popularity, then by the document's rowid:
+ * `popularity rank × 2^32 + rowid`, rank 0 for the most downloaded. FTS5 walks matches in
+ * key order, so the first N matches of any query are its N most downloaded ones.
+ */
+const KEY_SHIFT = 2 ** 32;
+const BUCKETS_PER_DOUBLING = 16;
+/** The bucket of a count (downloads, likes): 0 for none, then 16 per doubling. */
+function countBucket(value: number): number {
+  return value > 0 ? 1 + Math.floor(Math.log2(value) * BUCKETS_PER_DOUBLING) : 0;
+}
+const MAX_COUNT_BUCKET = countBucket(Number.MAX_SAFE_INTEGER) + 1;
+function ftsKey(downloads: number, rowid: number): bigint {
+  return (BigInt(MAX_COUNT_BUCKET - countBucket(downloads)) << 32n) | BigInt(rowid);
+}
+const DAY_MS = 86_400_000;
+
+/**
+ * Sort buckets: every sortable field is cut into ordered buckets (counts by 1/16 of a
+ * doubling, times by day, names by first character) and each document carries one facet
+ * token per field naming its bucket. A sorted query over a large match set walks the
+ * buckets in sort order, asking FTS5 for the matches in each, until it holds the page: only
+ * those are fetched and sorted. Names order by UTF-8 bytes, so ASCII first characters are a
+ * bucket each and every other character falls in one last bucket.
+ */
+interface SortSpec {
+  column: string;
+  bucket: (row: {
+    downloads: number;
+    likes: number;
+    updated_at: number;
+    created_at: number;
+    name_key: string;
+  }) => number;
+  /** The bucket range of the live documents, lowest first. */
+  range: string;
+}
+function nameBucket(nameKey: string): number {
+  const c = nameKey.charCodeAt(0);
+  return Number.isNaN(c) ? 0 : Math.min(c, 128);
+}
+const SORTS: Partial<Record<SortField, SortSpec>> = {
+  [SortField.DOWNLOADS]: {
+    column: "downloads",
+    bucket: (r) => countBucket(r.downloads),
+    range: "SELECT min(downloads) AS lo, max(downloads) AS hi FROM documents WHERE deleted = 0",
+  },
+  [SortField.LIKES]: {
+    column: "likes",
+    bucket: (r) => countBucket(r.likes),
+    range: "SELECT min(likes) AS lo, max(likes) AS hi FROM documents WHERE deleted = 0",
+  },
+  [SortField.UPDATED]: {
+    column: "updated_at",
+    bucket: (r) => Math.floor(r.updated_at / DAY_MS),
+    range: "SELECT min(updated_at) AS lo, max(updated_at) AS hi FROM documents WHERE deleted = 0",
+  },
+  [SortField.CREATED]: {
+    column: "created_at",
+    bucket: (r) => Math.floor(r.created_at / DAY_MS),
+    range: "SELECT min(created_at) AS lo, max(created_at) AS hi FROM documents WHERE deleted = 0",
+  },
+  [SortField.NAME]: {
+    column: "name_key",
+    bucket: (r) => nameBucket(r.name_key),
+    range: "SELECT min(name_key) AS lo, max(name_key) AS hi FROM documents WHERE deleted = 0",
+  },
+};
+/** The spec of a sort field (relevance and unknown fields sort as UPDATED) and the field it resolves to. */
+function sortSpec(field: SortField): { spec: SortSpec; resolved: SortField } {
+  const spec = SORTS[field];
+  if (spec) return { spec, resolved: field };
+  return { spec: SORTS[SortField.UPDATED] as SortSpec, resolved: SortField.UPDATED };
+}
+
+/** A sort bucket's token: `s<field><bucket>`, letters and digits only, so one FTS5 token. */
+function sortToken(field: SortField, bucket: number): string {
+  return `s${field}x${bucket < 0 ? `m${-bucket}` : bucket}`;
+}
 
 /**
  * One FTS5 token per filterable value (`kind=2`, `author=acme`, `tag=pytorch`…): a hash, so
@@ -93,6 +200,14 @@ function facetsOf(doc: SearchDocument): string {
   add("upstream", doc.upstream);
   add("state", doc.state);
   for (const tag of filterTags(doc)) add("tag", tag);
+  const keys = {
+    downloads: doc.downloads,
+    likes: doc.likes,
+    updated_at: doc.updatedAtMs,
+    created_at: doc.createdAtMs,
+    name_key: doc.id.toLowerCase(),
+  };
+  for (const [field, spec] of Object.entries(SORTS)) tokens.push(sortToken(Number(field), spec.bucket(keys)));
   return tokens.join(" ");
 }
 
@@ -136,55 +251,102 @@ function prefixEnd(prefix: string): string {
 }
 
 /**
- * The embedded search index: SQLite with FTS5 (bm25 ranking, prefix search), filters and
- * sorts through ordinary indexed columns, WAL mode, and a version per document so that
- * replayed or out-of-order events converge. Deletions leave a tombstone carrying the version,
- * so a late "added" cannot resurrect a removed document.
+ * The embedded search index: SQLite with FTS5 (bm25 ranking, prefix search), filters as
+ * facet tokens inside the full-text query, sorts through indexed columns and sort buckets,
+ * WAL mode, and a version per document so that replayed or out-of-order events converge.
+ * Deletions leave a tombstone carrying the version, so a late "added" cannot resurrect a
+ * removed document. The full-text table is contentless: it holds the index only, keyed by
+ * popularity (see {@link ftsKey}), and the `documents` row keeps its key to delete it.
  */
 export class SqliteSearchIndex implements SearchIndex {
   private readonly db: Database.Database;
   /** True when this file had no index (or an outdated layout) and must be filled from events. */
   readonly fresh: boolean;
   private readonly statements;
+  /** The rowid the next new document gets; one writer per file, so a counter suffices. */
+  private nextRowid: number;
 
-  constructor(readonly name: string) {
+  /** Match sets up to this size are ranked or sorted whole ({@link EXACT_MATCHES}; tests set less). */
+  private readonly exact: number;
+
+  constructor(
+    readonly name: string,
+    options: { exactMatches?: number } = {},
+  ) {
+    this.exact = Math.max(1, options.exactMatches ?? EXACT_MATCHES);
     if (name !== ":memory:") mkdirSync(dirname(name), { recursive: true });
     this.db = new Database(name);
     this.db.pragma("journal_mode = WAL");
     this.db.pragma("synchronous = NORMAL");
+    // Reads come from the mapped file and a 64 MiB page cache; sorts stay in memory.
+    this.db.pragma("mmap_size = 4294967296");
+    this.db.pragma("cache_size = -65536");
+    this.db.pragma("temp_store = MEMORY");
     const version = this.db.pragma("user_version", { simple: true }) as number;
     this.fresh = version !== SCHEMA_VERSION;
     if (this.fresh) this.createSchema();
+    // Each batch's words pass through a scratch FTS5 table (the same tokenizer) into `terms`.
+    this.db.exec(`
+      CREATE VIRTUAL TABLE temp.batch_text USING fts5(t, content='', detail=none, ${TOKENIZE});
+      CREATE VIRTUAL TABLE temp.batch_vocab USING fts5vocab(temp, batch_text, row);
+    `);
     this.statements = {
-      version: this.db.prepare("SELECT rowid, version FROM documents WHERE id = ?"),
+      batchText: this.db.prepare("INSERT INTO temp.batch_text (t) VALUES (?)"),
+      saveTerms: this.db.prepare("INSERT OR IGNORE INTO terms SELECT term FROM temp.batch_vocab"),
+      clearBatch: this.db.prepare("INSERT INTO temp.batch_text (batch_text) VALUES ('delete-all')"),
+      expand: this.db.prepare("SELECT term FROM terms WHERE term >= ? AND term < ? ORDER BY term LIMIT ?").pluck(),
+      countUpTo: this.db
+        .prepare("SELECT count(*) FROM (SELECT 1 FROM documents_fts WHERE documents_fts MATCH ? LIMIT ?)")
+        .pluck(),
+      page: this.db
+        .prepare("SELECT rowid FROM documents_fts WHERE documents_fts MATCH ? ORDER BY rowid LIMIT ? OFFSET ?")
+        .pluck(),
+      rankAmong: this.db.prepare(
+        `SELECT rowid AS key, ${BM25} AS s FROM documents_fts WHERE documents_fts MATCH ?
+           AND +rowid IN (SELECT value FROM json_each(?)) ORDER BY s, rowid LIMIT ? OFFSET ?`,
+      ),
+      current: this.db.prepare("SELECT rowid, version, fts_key FROM documents WHERE id = ?"),
       upsert: this.db.prepare(
-        `INSERT INTO documents (id, kind, title, description, body, author, tags, pipeline_tag, library_name, license,
-           upstream, state, default_branch, refs_count, files, file_names, facets, size_bytes, downloads, likes, private, gated, sha,
-           created_at, updated_at, status_at, version, deleted, name_key, short_key)
-         VALUES (@id, @kind, @title, @description, @body, @author, @tags, @pipelineTag, @libraryName, @license,
-           @upstream, @state, @defaultBranch, @refsCount, @files, @fileNames, @facets, @sizeBytes, @downloads, @likes, @private, @gated,
-           @sha, @createdAt, @updatedAt, @statusAt, @version, 0, @nameKey, @shortKey)
+        `INSERT INTO documents (rowid, id, kind, title, description, body, author, tags, pipeline_tag, library_name, license,
+           upstream, state, default_branch, refs_count, files, size_bytes, downloads, likes, private, gated, sha,
+           created_at, updated_at, status_at, version, deleted, name_key, short_key, fts_key)
+         VALUES (@rowid, @id, @kind, @title, @description, @body, @author, @tags, @pipelineTag, @libraryName, @license,
+           @upstream, @state, @defaultBranch, @refsCount, @files, @sizeBytes, @downloads, @likes, @private, @gated,
+           @sha, @createdAt, @updatedAt, @statusAt, @version, 0, @nameKey, @shortKey, @ftsKey)
          ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, title = excluded.title, description = excluded.description,
            body = excluded.body, author = excluded.author, tags = excluded.tags, pipeline_tag = excluded.pipeline_tag,
            library_name = excluded.library_name, license = excluded.license, upstream = excluded.upstream,
            state = excluded.state, default_branch = excluded.default_branch, refs_count = excluded.refs_count,
-           files = excluded.files, file_names = excluded.file_names, facets = excluded.facets, size_bytes = excluded.size_bytes,
+           files = excluded.files, size_bytes = excluded.size_bytes,
            downloads = excluded.downloads, likes = excluded.likes, private = excluded.private, gated = excluded.gated,
            sha = excluded.sha, created_at = excluded.created_at, updated_at = excluded.updated_at,
-           status_at = excluded.status_at, version = excluded.version, deleted = 0, name_key = excluded.name_key, short_key = excluded.short_key
-         RETURNING rowid`,
+           status_at = excluded.status_at, version = excluded.version, deleted = 0, name_key = excluded.name_key,
+           short_key = excluded.short_key, fts_key = excluded.fts_key`,
       ),
       tombstone: this.db.prepare(
-        `INSERT INTO documents (id, kind, title, description, body, version, deleted, name_key, short_key)
-         VALUES (?, 0, '', '', '', ?, 1, '', '')
-         ON CONFLICT(id) DO UPDATE SET version = excluded.version, deleted = 1
-         RETURNING rowid`,
+        `INSERT INTO documents (rowid, id, kind, title, description, body, version, deleted, name_key, short_key, fts_key)
+         VALUES (?, ?, 0, '', '', '', ?, 1, '', '', 0)
+         ON CONFLICT(id) DO UPDATE SET version = excluded.version, deleted = 1, fts_key = 0`,
       ),
-      clearTags: this.db.prepare("DELETE FROM document_tags WHERE doc = ?"),
-      addTag: this.db.prepare("INSERT OR IGNORE INTO document_tags (tag, doc) VALUES (?, ?)"),
+      ftsInsert: this.db.prepare(
+        "INSERT INTO documents_fts (rowid, id, title, description, file_names, body, facets) VALUES (?, ?, ?, ?, ?, ?, ?)",
+      ),
+      ftsDelete: this.db.prepare("DELETE FROM documents_fts WHERE rowid = ?"),
       get: this.db.prepare("SELECT * FROM documents WHERE id = ? AND deleted = 0"),
       count: this.db.prepare("SELECT count(*) AS n FROM documents WHERE deleted = 0"),
+      maxRowid: this.db.prepare("SELECT coalesce(max(rowid), 0) AS n FROM documents"),
+      matches: this.db.prepare("SELECT rowid FROM documents_fts WHERE documents_fts MATCH ? LIMIT ?").pluck(),
+      countMatches: this.db
+        .prepare(`SELECT count(*) FROM (SELECT 1 FROM documents_fts WHERE documents_fts MATCH ? LIMIT ${MAX_COUNTED})`)
+        .pluck(),
+      rankAll: this.db.prepare(
+        `SELECT rowid AS key, ${BM25} AS s FROM documents_fts WHERE documents_fts MATCH ? ORDER BY s, rowid LIMIT ? OFFSET ?`,
+      ),
+      byRowids: this.db.prepare(
+        `SELECT ${HIT_COLUMNS} FROM documents d WHERE d.rowid IN (SELECT value FROM json_each(?))`,
+      ),
     };
+    this.nextRowid = (this.statements.maxRowid.get() as { n: number }).n + 1;
   }
 
   private createSchema(): void {
@@ -209,8 +371,6 @@ export class SqliteSearchIndex implements SearchIndex {
         default_branch TEXT NOT NULL DEFAULT '',
         refs_count INTEGER NOT NULL DEFAULT 0,
         files TEXT NOT NULL DEFAULT '[]',
-        file_names TEXT NOT NULL DEFAULT '',
-        facets TEXT NOT NULL DEFAULT '',
         size_bytes INTEGER NOT NULL DEFAULT 0,
         downloads INTEGER NOT NULL DEFAULT 0,
         likes INTEGER NOT NULL DEFAULT 0,
@@ -223,45 +383,28 @@ export class SqliteSearchIndex implements SearchIndex {
         version TEXT NOT NULL,
         deleted INTEGER NOT NULL DEFAULT 0,
         name_key TEXT NOT NULL,
-        short_key TEXT NOT NULL
+        short_key TEXT NOT NULL,
+        fts_key INTEGER NOT NULL DEFAULT 0
       );
-      CREATE INDEX documents_updated ON documents(updated_at, id) WHERE deleted = 0;
-      CREATE INDEX documents_downloads ON documents(downloads, id) WHERE deleted = 0;
-      CREATE INDEX documents_likes ON documents(likes, id) WHERE deleted = 0;
-      CREATE INDEX documents_created ON documents(created_at, id) WHERE deleted = 0;
-      CREATE INDEX documents_name ON documents(name_key) WHERE deleted = 0;
-      CREATE INDEX documents_short ON documents(short_key) WHERE deleted = 0;
-      CREATE INDEX documents_author ON documents(author COLLATE NOCASE) WHERE deleted = 0;
-      CREATE INDEX documents_pipeline ON documents(pipeline_tag COLLATE NOCASE) WHERE deleted = 0;
-      CREATE INDEX documents_library ON documents(library_name COLLATE NOCASE) WHERE deleted = 0;
-      CREATE INDEX documents_upstream ON documents(upstream COLLATE NOCASE) WHERE deleted = 0;
-      CREATE TABLE document_tags (
-        tag TEXT NOT NULL,
-        doc INTEGER NOT NULL,
-        PRIMARY KEY (tag, doc)
-      ) WITHOUT ROWID;
-      CREATE INDEX document_tags_doc ON document_tags(doc);
+      -- Sorts without filters walk these in order (natural direction first; ties by id).
+      CREATE INDEX documents_updated ON documents(updated_at DESC, id) WHERE deleted = 0;
+      CREATE INDEX documents_downloads ON documents(downloads DESC, id) WHERE deleted = 0;
+      CREATE INDEX documents_likes ON documents(likes DESC, id) WHERE deleted = 0;
+      CREATE INDEX documents_created ON documents(created_at DESC, id) WHERE deleted = 0;
+      -- Suggest reads these alone (covering): no table lookups per completion.
+      CREATE INDEX documents_name ON documents(name_key, downloads, id, kind, title) WHERE deleted = 0;
+      CREATE INDEX documents_short ON documents(short_key, downloads, id, kind, title) WHERE deleted = 0;
+      -- Every word of the text columns (as FTS5 tokenizes it): the last word of a query
+      -- expands to the words it begins, so FTS5 never merges a huge prefix doclist.
+      DROP TABLE IF EXISTS terms;
+      CREATE TABLE terms (term TEXT PRIMARY KEY) WITHOUT ROWID;
       CREATE VIRTUAL TABLE documents_fts USING fts5(
         id, title, description, file_names, body, facets,
-        content='documents', content_rowid='rowid',
-        tokenize="unicode61 remove_diacritics 2", prefix='2 3'
+        content='', contentless_delete=1,
+        ${TOKENIZE}
       );
-      CREATE TRIGGER documents_ai AFTER INSERT ON documents WHEN new.deleted = 0 BEGIN
-        INSERT INTO documents_fts(rowid, id, title, description, file_names, body, facets)
-          VALUES (new.rowid, new.id, new.title, new.description, new.file_names, new.body, new.facets);
-      END;
-      CREATE TRIGGER documents_ad AFTER DELETE ON documents WHEN old.deleted = 0 BEGIN
-        INSERT INTO documents_fts(documents_fts, rowid, id, title, description, file_names, body, facets)
-          VALUES ('delete', old.rowid, old.id, old.title, old.description, old.file_names, old.body, old.facets);
-      END;
-      CREATE TRIGGER documents_au AFTER UPDATE ON documents BEGIN
-        INSERT INTO documents_fts(documents_fts, rowid, id, title, description, file_names, body, facets)
-          SELECT 'delete', old.rowid, old.id, old.title, old.description, old.file_names, old.body, old.facets
-          WHERE old.deleted = 0;
-        INSERT INTO documents_fts(rowid, id, title, description, file_names, body, facets)
-          SELECT new.rowid, new.id, new.title, new.description, new.file_names, new.body, new.facets
-          WHERE new.deleted = 0;
-      END;
+      -- Bulk writes (rebuilds) flush 32 MiB of terms per segment instead of 1 MiB.
+      INSERT INTO documents_fts (documents_fts, rank) VALUES ('hashsize', 33554432);
       PRAGMA user_version = ${SCHEMA_VERSION};
     `);
   }
@@ -271,22 +414,38 @@ export class SqliteSearchIndex implements SearchIndex {
     return this.applySync(ops);
   }
 
-  /** {@link apply} without the promise, for callers that batch in a tight loop. */
+  /**
+   * {@link apply} without the promise: the bulk path. A rebuild or a benchmark writes
+   * thousands of documents per call, in one transaction.
+   */
   applySync(ops: IndexOp[]): boolean[] {
-    return this.db.transaction(() =>
-      ops.map((op) => ("upsert" in op ? this.upsertOne(op.upsert) : this.removeOne(op.remove))),
-    )();
+    return this.db.transaction(() => {
+      const applied = ops.map((op) => ("upsert" in op ? this.upsertOne(op.upsert) : this.removeOne(op.remove)));
+      if (applied.some((a, i) => a && "upsert" in (ops[i] as IndexOp))) {
+        this.statements.saveTerms.run();
+        this.statements.clearBatch.run();
+      }
+      return applied;
+    })();
   }
 
-  private isStale(id: string, version: bigint): boolean {
-    const current = this.statements.version.get(id) as { version: string } | undefined;
+  /** The stored row of `id` unless a strictly newer version is stored (then undefined: skip). */
+  private current(id: string, version: bigint): { rowid: number; fts_key: number } | "stale" | undefined {
+    const current = this.statements.current.get(id) as { rowid: number; version: string; fts_key: number } | undefined;
     // Equal versions re-apply (idempotent); only a strictly newer stored version wins.
-    return current !== undefined && BigInt(current.version) > version;
+    if (current && BigInt(current.version) > version) return "stale";
+    return current;
   }
 
   private upsertOne(doc: SearchDocument): boolean {
-    if (this.isStale(doc.id, doc.version)) return false;
-    const { rowid } = this.statements.upsert.get({
+    const current = this.current(doc.id, doc.version);
+    if (current === "stale") return false;
+    if (current?.fts_key) this.statements.ftsDelete.run(current.fts_key);
+    const rowid = current?.rowid ?? this.nextRowid++;
+    const key = ftsKey(doc.downloads, rowid);
+    const fileNames = doc.files.map((f) => f.path).join(" ");
+    this.statements.upsert.run({
+      rowid,
       id: doc.id,
       kind: doc.kind,
       title: doc.title,
@@ -302,8 +461,6 @@ export class SqliteSearchIndex implements SearchIndex {
       defaultBranch: doc.defaultBranch,
       refsCount: doc.refsCount,
       files: JSON.stringify(doc.files),
-      fileNames: doc.files.map((f) => f.path).join(" "),
-      facets: facetsOf(doc),
       sizeBytes: doc.sizeBytes,
       downloads: doc.downloads,
       likes: doc.likes,
@@ -316,16 +473,18 @@ export class SqliteSearchIndex implements SearchIndex {
       version: doc.version.toString(),
       nameKey: doc.id.toLowerCase(),
       shortKey: shortName(doc.id),
-    }) as { rowid: number };
-    this.statements.clearTags.run(rowid);
-    for (const tag of filterTags(doc)) this.statements.addTag.run(tag, rowid);
+      ftsKey: key,
+    });
+    this.statements.ftsInsert.run(key, doc.id, doc.title, doc.description, fileNames, doc.body, facetsOf(doc));
+    this.statements.batchText.run(`${doc.id}\n${doc.title}\n${doc.description}\n${fileNames}\n${doc.body}`);
     return true;
   }
 
   private removeOne({ id, version }: { id: string; version: bigint }): boolean {
-    if (this.isStale(id, version)) return false;
-    const { rowid } = this.statements.tombstone.get(id, version.toString()) as { rowid: number };
-    this.statements.clearTags.run(rowid);
+    const current = this.current(id, version);
+    if (current === "stale") return false;
+    if (current?.fts_key) this.statements.ftsDelete.run(current.fts_key);
+    this.statements.tombstone.run(current?.rowid ?? this.nextRowid++, id, version.toString());
     return true;
   }
 
@@ -336,101 +495,189 @@ export class SqliteSearchIndex implements SearchIndex {
 
   /** {@link search} without the promise. */
   searchSync(query: IndexQuery): { hits: IndexHit[]; total: number } {
-    const fts = toFtsQuery(query.text);
+    const words = searchTokens(query.text);
     // Text with nothing searchable in it (only emoji or punctuation) matches nothing.
-    if (!fts && query.text.trim()) return { hits: [], total: 0 };
-    const where = ["d.deleted = 0"];
-    const params: Record<string, unknown> = { limit: query.limit, offset: query.offset };
+    if (words.length === 0 && query.text.trim()) return { hits: [], total: 0 };
     const f = query.filters;
     const tags = [...new Set(f.tags.map((t) => t.toLowerCase()).filter(Boolean))].slice(0, 20);
-    // With text, filters are facet tokens in the FTS5 query; without, indexed columns.
+    // Filters are facet tokens in the FTS5 query, with or without text.
     const facets: string[] = [];
-    const filter = (column: string, name: string, value: string | number, empty: string | number) => {
-      if (value === empty) return;
-      if (fts) facets.push(facet(name, value));
-      else {
-        where.push(`d.${column} = @${name} COLLATE NOCASE`);
-        params[name] = value;
-      }
+    const filter = (name: string, value: string | number, empty: string | number) => {
+      if (value !== empty) facets.push(`facets : "${facet(name, value)}"`);
     };
-    filter("kind", "kind", query.kind, DocumentKind.UNSPECIFIED);
-    filter("author", "author", f.author, "");
-    filter("pipeline_tag", "pipeline", f.pipelineTag, "");
-    filter("library_name", "library", f.library, "");
-    filter("license", "license", f.license, "");
-    filter("upstream", "upstream", f.upstream, "");
-    filter("state", "state", f.state, "");
-    tags.forEach((tag, i) => {
-      if (fts) facets.push(facet("tag", tag));
-      else {
-        where.push(`d.rowid IN (SELECT doc FROM document_tags WHERE tag = @tag${i})`);
-        params[`tag${i}`] = tag;
-      }
-    });
-    const match = fts ? [`${TEXT_COLUMNS} : (${fts})`, ...facets.map((t) => `facets : "${t}"`)].join(" AND ") : "";
+    filter("kind", query.kind, DocumentKind.UNSPECIFIED);
+    filter("author", f.author, "");
+    filter("pipeline", f.pipelineTag, "");
+    filter("library", f.library, "");
+    filter("license", f.license, "");
+    filter("upstream", f.upstream, "");
+    filter("state", f.state, "");
+    for (const tag of tags) facets.push(`facets : "${facet("tag", tag)}"`);
     const { field, descending } = effectiveSort(query);
+    if (words.length === 0 && facets.length === 0) return this.browse(field, descending, query);
+    const phrases = this.phrases(words);
+    const text = phrases.length > 0 ? `${TEXT_COLUMNS} : (${phrases.join(" AND ")})` : undefined;
+    const match = [...(text ? [text] : []), ...facets].join(" AND ");
+    if (field === SortField.RELEVANCE && text) return this.ranked(phrases, facets, match, query);
+    return this.sorted(match, field, descending, query);
+  }
+
+  /**
+   * The FTS5 phrases of the words: each quoted (quotes doubled), so operators typed by a user
+   * are searched as words; the last a prefix, for search-as-you-type. The prefix is spelled
+   * as the vocabulary words it begins (`("bert" OR "berta")`) when there are few: FTS5 then
+   * walks their doclists in step instead of merging every posting of the prefix first.
+   */
+  private phrases(words: string[]): string[] {
+    const quoted = words.map((t) => `"${t.replace(/"/g, '""')}"`);
+    const last = words.at(-1);
+    if (last === undefined) return [];
+    const key = vocabularyKey(last);
+    const terms =
+      key !== undefined ? (this.statements.expand.all(key, `${key}\u{10ffff}`, MAX_EXPANSION + 1) as string[]) : [];
+    quoted[quoted.length - 1] =
+      terms.length > 0 && terms.length <= MAX_EXPANSION
+        ? `(${terms.map((t) => `"${t.replace(/"/g, '""')}"`).join(" OR ")})`
+        : `${quoted.at(-1) ?? ""}*`;
+    return quoted;
+  }
+
+  private countUpTo(match: string, cap: number): number {
+    return this.statements.countUpTo.get(match, cap) as number;
+  }
+
+  /** ORDER BY for a sort field; ties by id, ascending. */
+  private orderBy(field: SortField, descending: boolean): string {
     const dir = descending ? "DESC" : "ASC";
-    const orderBy =
-      field === SortField.RELEVANCE && fts
-        ? `${BM25}, d.id`
-        : field === SortField.DOWNLOADS
-          ? `d.downloads ${dir}, d.id`
-          : field === SortField.LIKES
-            ? `d.likes ${dir}, d.id`
-            : field === SortField.CREATED
-              ? `d.created_at ${dir}, d.id`
-              : field === SortField.NAME
-                ? `d.name_key ${dir}`
-                : `d.updated_at ${dir}, d.id`;
-    // Ranked text: rank, limit and count inside FTS5, and join only the page.
-    if (fts && field === SortField.RELEVANCE) return this.searchText(match, query);
-    let from = "documents d";
-    let score = "0.0";
-    if (fts) {
-      from = "documents_fts JOIN documents d ON d.rowid = documents_fts.rowid";
-      where.push("documents_fts MATCH @fts");
-      params["fts"] = match;
-      score = `-${BM25}`;
-    }
-    const clause = where.join(" AND ");
+    const { spec } = sortSpec(field);
+    return spec.column === "name_key" ? `d.name_key ${dir}` : `d.${spec.column} ${dir}, d.id`;
+  }
+
+  /** No text and no filter: every live document, in sort order, straight from a sort index. */
+  private browse(field: SortField, descending: boolean, query: IndexQuery): { hits: IndexHit[]; total: number } {
     const rows = this.db
       .prepare(
-        `SELECT ${HIT_COLUMNS}, ${score} AS score FROM ${from} WHERE ${clause} ORDER BY ${orderBy} LIMIT @limit OFFSET @offset`,
+        `SELECT ${HIT_COLUMNS} FROM documents d WHERE d.deleted = 0 ORDER BY ${this.orderBy(field, descending)}
+         LIMIT ? OFFSET ?`,
       )
-      .all(params) as Row[];
-    // A short first page is the whole result: no second query to count. Otherwise count up
-    // to MAX_COUNTED, as Elasticsearch does by default: beyond it nobody pages anyway.
+      .all(query.limit, query.offset) as Row[];
     const total =
       query.offset === 0 && rows.length < query.limit
         ? rows.length
         : (
             this.db
-              .prepare(`SELECT count(*) AS n FROM (SELECT 1 FROM ${from} WHERE ${clause} LIMIT ${MAX_COUNTED})`)
-              .get(params) as { n: number }
+              .prepare(`SELECT count(*) AS n FROM (SELECT 1 FROM documents WHERE deleted = 0 LIMIT ${MAX_COUNTED})`)
+              .get() as { n: number }
           ).n;
     return { hits: rows.map(toHit), total };
   }
 
-  private searchText(fts: string, query: IndexQuery): { hits: IndexHit[]; total: number } {
-    const params = { fts, limit: query.limit, offset: query.offset };
+  /** The live rows of these FTS keys, in the order given. */
+  private rowsOf(keys: number[]): Row[] {
+    if (keys.length === 0) return [];
+    const rowids = keys.map((k) => k % KEY_SHIFT);
+    const byRowid = new Map(
+      (this.statements.byRowids.all(JSON.stringify(rowids)) as Row[]).map((r) => [r.rowid, r] as const),
+    );
+    return rowids.map((r) => byRowid.get(r)).filter((r): r is Row => r !== undefined);
+  }
+
+  /**
+   * Matches ranked. When every word is in fewer than {@link MAX_RANKED_DF} documents and at
+   * most {@link EXACT_MATCHES} documents match, by bm25 (facets filter the candidates, not
+   * the ranking). Otherwise bm25 would read millions of postings: documents matching every
+   * word in their id or title come first, then the others, each most downloaded first (the
+   * key order of the full-text table), and a page costs its own rows.
+   */
+  private ranked(
+    phrases: string[],
+    facets: string[],
+    match: string,
+    query: IndexQuery,
+  ): { hits: IndexHit[]; total: number } {
+    const { limit, offset } = query;
+    const text = `${TEXT_COLUMNS} : (${phrases.join(" AND ")})`;
+    const rankable =
+      phrases.every((p) => this.countUpTo(`${TEXT_COLUMNS} : (${p})`, MAX_RANKED_DF) < MAX_RANKED_DF) &&
+      this.countUpTo(match, this.exact + 1) <= this.exact;
+    if (rankable) {
+      const ranked = (
+        facets.length === 0
+          ? this.statements.rankAll.all(text, limit, offset)
+          : this.statements.rankAmong.all(
+              text,
+              JSON.stringify(this.statements.matches.all(match, this.exact)),
+              limit,
+              offset,
+            )
+      ) as Array<{ key: number; s: number }>;
+      const score = new Map(ranked.map((r) => [r.key % KEY_SHIFT, -r.s]));
+      const rows = this.rowsOf(ranked.map((r) => r.key));
+      const total = offset === 0 && ranked.length < limit ? rows.length : this.countUpTo(match, MAX_COUNTED);
+      return { hits: rows.map((r) => toHit({ ...r, score: score.get(r.rowid) ?? 0 })), total };
+    }
+    const names = [`${NAME_COLUMNS} : (${phrases.join(" AND ")})`, ...facets].join(" AND ");
+    const named = this.countUpTo(names, offset + limit);
+    const first = offset < named ? (this.statements.page.all(names, limit, offset) as number[]) : [];
+    const rest =
+      first.length < limit
+        ? (this.statements.page.all(
+            `(${match}) NOT ${NAME_COLUMNS} : (${phrases.join(" AND ")})`,
+            limit - first.length,
+            Math.max(0, offset - named),
+          ) as number[])
+        : [];
+    const byName = new Set(first.map((k) => k % KEY_SHIFT));
+    const rows = this.rowsOf([...first, ...rest]);
+    return {
+      hits: rows.map((r) => toHit({ ...r, score: byName.has(r.rowid) ? 2 : 1 })),
+      total: this.countUpTo(match, MAX_COUNTED),
+    };
+  }
+
+  /**
+   * Matches in sort order. Up to {@link EXACT_MATCHES} matches are fetched and sorted whole.
+   * Beyond, the sort field's buckets are walked in sort order and FTS5 gives the matches of
+   * each, until the page is held: only those rows are fetched and sorted.
+   */
+  private sorted(
+    match: string,
+    field: SortField,
+    descending: boolean,
+    query: IndexQuery,
+  ): { hits: IndexHit[]; total: number } {
+    const { limit, offset } = query;
+    const { spec, resolved } = sortSpec(field);
+    const all = this.statements.matches.all(match, this.exact) as number[];
+    let keys = all;
+    let total = all.length;
+    if (all.length >= this.exact) {
+      total = this.statements.countMatches.get(match) as number;
+      keys = [];
+      const range = this.db.prepare(spec.range).get() as { lo: number | string; hi: number | string };
+      const asKeys = (v: number | string) =>
+        spec.bucket({
+          downloads: Number(v),
+          likes: Number(v),
+          updated_at: Number(v),
+          created_at: Number(v),
+          name_key: String(v),
+        });
+      const lo = asKeys(range.lo);
+      const hi = asKeys(range.hi);
+      const step = descending ? -1 : 1;
+      for (let b = descending ? hi : lo; b >= lo && b <= hi && keys.length < offset + limit; b += step) {
+        keys.push(
+          ...(this.statements.matches.all(`${match} AND facets : "${sortToken(resolved, b)}"`, -1) as number[]),
+        );
+      }
+    }
     const rows = this.db
       .prepare(
-        `SELECT ${HIT_COLUMNS}, -f.s AS score FROM (
-           SELECT rowid, ${BM25} AS s FROM documents_fts WHERE documents_fts MATCH @fts
-           ORDER BY s, rowid LIMIT @limit OFFSET @offset
-         ) f JOIN documents d ON d.rowid = f.rowid ORDER BY f.s, f.rowid`,
+        `SELECT ${HIT_COLUMNS} FROM documents d WHERE d.rowid IN (SELECT value FROM json_each(?))
+         ORDER BY ${this.orderBy(resolved, descending)} LIMIT ? OFFSET ?`,
       )
-      .all(params) as Row[];
-    const total =
-      query.offset === 0 && rows.length < query.limit
-        ? rows.length
-        : (
-            this.db
-              .prepare(
-                `SELECT count(*) AS n FROM (SELECT 1 FROM documents_fts WHERE documents_fts MATCH @fts LIMIT ${MAX_COUNTED})`,
-              )
-              .get({ fts }) as { n: number }
-          ).n;
+      .all(JSON.stringify(keys.map((k) => k % KEY_SHIFT)), limit, offset) as Row[];
     return { hits: rows.map(toHit), total };
   }
 
@@ -443,10 +690,10 @@ export class SqliteSearchIndex implements SearchIndex {
       .prepare(
         // Each arm reads at most 1000 keys in order, so a one-letter prefix costs what a long one does.
         `SELECT id, kind, title FROM (
-           SELECT * FROM (SELECT id, kind, title, downloads FROM documents
+           SELECT * FROM (SELECT id, kind, title, downloads FROM documents INDEXED BY documents_name
              WHERE deleted = 0 AND name_key >= @p AND name_key < @end ${kindClause} ORDER BY name_key LIMIT 1000)
            UNION
-           SELECT * FROM (SELECT id, kind, title, downloads FROM documents
+           SELECT * FROM (SELECT id, kind, title, downloads FROM documents INDEXED BY documents_short
              WHERE deleted = 0 AND short_key >= @p AND short_key < @end ${kindClause} ORDER BY short_key LIMIT 1000)
          ) ORDER BY downloads DESC, id LIMIT @limit`,
       )
@@ -476,7 +723,7 @@ export class SqliteSearchIndex implements SearchIndex {
     const rows = this.db
       .prepare(
         `SELECT id FROM documents NOT INDEXED WHERE deleted = 0 AND (id LIKE @like ESCAPE '\\' OR title LIKE @like ESCAPE '\\'
-           OR description LIKE @like ESCAPE '\\' OR file_names LIKE @like ESCAPE '\\' OR body LIKE @like ESCAPE '\\')
+           OR description LIKE @like ESCAPE '\\' OR files LIKE @like ESCAPE '\\' OR body LIKE @like ESCAPE '\\')
          ORDER BY downloads DESC LIMIT @limit`,
       )
       .all({ like, limit }) as Array<{ id: string }>;

@@ -35,6 +35,24 @@ class GatedBackend implements ExecutionBackend {
   }
 }
 
+/** A gated backend that also takes several independent runs in one hand-off. */
+class GroupingBackend extends GatedBackend {
+  groups: number[] = [];
+
+  async runMany(runs: Array<{ feeds: WorkerTensor[]; outputs: string[] }>) {
+    this.groups.push(runs.length);
+    return Promise.all(
+      runs.map(async (r) => {
+        // A negative first value stands for an input the model refuses.
+        if ((r.feeds[0]?.data as Float32Array)[0] === -1) {
+          return { error: new NearhubError(Code.InvalidArgument, "the model rejected the inputs: negative") };
+        }
+        return this.run(r.feeds);
+      }),
+    );
+  }
+}
+
 const options = (over: Partial<SchedulerOptions> = {}): SchedulerOptions => ({
   maxBatchSize: 8,
   dynamicBatching: true,
@@ -207,5 +225,64 @@ describe("BatchScheduler", () => {
     }
     await Promise.all(all);
     assert.equal(scheduler.pending, 0);
+  });
+
+  test("without batching, requests that queued up reach a free instance in one hand-off and settle one by one", async () => {
+    const backend = new GroupingBackend();
+    const scheduler = new BatchScheduler(backend, options({ dynamicBatching: false }));
+    const first = scheduler.submit(request(1, 0));
+    const queued = [
+      scheduler.submit(request(1, 10)),
+      scheduler.submit(request(1, -1)),
+      scheduler.submit(request(2, 30)),
+    ];
+    const settled = Promise.allSettled(queued);
+    await flush();
+    assert.deepEqual(backend.groups, [], "a lone request goes by itself");
+    backend.open();
+    await first;
+    await flush();
+    assert.deepEqual(backend.groups, [3], "the three queued requests go to the instance together");
+    assert.equal(backend.runs.length, 3, "each still runs on its own, never concatenated");
+    assert.deepEqual(
+      backend.runs.map((feeds) => feeds[0]?.dims),
+      [
+        [1, 2],
+        [1, 2],
+        [2, 2],
+      ],
+    );
+    backend.open();
+    const [a, refused, b] = await settled;
+    assert.equal(a?.status, "fulfilled");
+    assert.deepEqual(
+      Array.from((a as PromiseFulfilledResult<{ outputs: WorkerTensor[] }>).value.outputs[0]?.data as Float32Array),
+      [10, 11],
+    );
+    assert.equal(refused?.status, "rejected");
+    assert.equal(((refused).reason as NearhubError).code, Code.InvalidArgument);
+    assert.match(((refused).reason as Error).message, /rejected the inputs/);
+    assert.deepEqual(
+      Array.from((b as PromiseFulfilledResult<{ outputs: WorkerTensor[] }>).value.outputs[0]?.data as Float32Array),
+      [30, 31, 32, 33],
+    );
+    assert.equal(scheduler.executions, 4);
+    assert.equal(scheduler.pending, 0);
+  });
+
+  test("queue delays below and above the timer's millisecond still dispatch a lone request", async () => {
+    for (const maxQueueDelayMicros of [200, 3_000]) {
+      const backend = new GatedBackend();
+      const scheduler = new BatchScheduler(backend, options({ maxQueueDelayMicros }));
+      const lone = scheduler.submit(request(1, 5));
+      await flush();
+      assert.equal(backend.runs.length, 0, "the request waits for company first");
+      while (backend.runs.length === 0) await sleep(1);
+      backend.open();
+      const result = await lone;
+      assert.deepEqual(Array.from(result.outputs[0]?.data as Float32Array), [5, 6]);
+      assert.equal(result.timing.batchSize, 1);
+      assert.equal(scheduler.executions, 1);
+    }
   });
 });

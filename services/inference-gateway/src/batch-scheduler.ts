@@ -3,6 +3,9 @@ import type { ExecutionBackend } from "./onnx-backend.js";
 import type { WorkerTensor } from "./onnx-protocol.js";
 import { concatRows, sliceRows } from "./tensor-codec.js";
 
+/** The most independent requests handed to one instance at once when batching is off. */
+const MAX_GROUP = 32;
+
 /** How a model's requests are scheduled onto its instances. */
 export interface SchedulerOptions {
   /** > 0 enables concatenation along the batch dimension up to this many rows. */
@@ -67,7 +70,8 @@ export interface SubmitRequest {
 export class BatchScheduler {
   private readonly queue: Item[] = [];
   private running = 0;
-  private timer: NodeJS.Timeout | undefined;
+  /** The wake-up for a batch waiting out its queue delay (a timeout, then immediates for the last ms). */
+  private timer: { timeout?: NodeJS.Timeout; immediate?: NodeJS.Immediate } | undefined;
   private idleWaiters: Array<() => void> = [];
   private closed = false;
   /** Executions started (model `run` calls). */
@@ -161,7 +165,11 @@ export class BatchScheduler {
       const head = this.queue[0] as Item;
       let picked: Item[];
       if (!dynamicBatching || maxBatchSize === 0) {
-        picked = [head];
+        // No concatenation: each request is its own execution, but requests that queued up go
+        // to a free instance in one hand-off (when the backend can), sharing the thread wake-ups.
+        const free = this.backend.instances - this.running;
+        const group = this.backend.runMany ? Math.min(MAX_GROUP, Math.ceil(this.queue.length / free)) : 1;
+        picked = this.queue.slice(0, group);
       } else {
         picked = [];
         let rows = 0;
@@ -175,22 +183,18 @@ export class BatchScheduler {
         const waitedMs = performance.now() - head.enqueuedAt;
         const delayMs = maxQueueDelayMicros / 1000;
         if (rows < target && waitedMs < delayMs && !this.closed) {
-          if (!this.timer) {
-            this.timer = setTimeout(() => {
-              this.timer = undefined;
-              this.pump();
-            }, delayMs - waitedMs);
-          }
+          if (!this.timer) this.wakeAfter(delayMs - waitedMs);
           return;
         }
       }
-      if (this.timer) {
-        clearTimeout(this.timer);
-        this.timer = undefined;
+      this.cancelWake();
+      if (picked.length === this.queue.length) this.queue.length = 0;
+      else if (picked[picked.length - 1] === this.queue[picked.length - 1]) this.queue.splice(0, picked.length);
+      else {
+        const pickedSet = new Set(picked);
+        for (let i = this.queue.length - 1; i >= 0; i--)
+          if (pickedSet.has(this.queue[i] as Item)) this.queue.splice(i, 1);
       }
-      const pickedSet = new Set(picked);
-      for (let i = this.queue.length - 1; i >= 0; i--)
-        if (pickedSet.has(this.queue[i] as Item)) this.queue.splice(i, 1);
       const now = Date.now();
       const live: Item[] = [];
       for (const item of picked) {
@@ -203,9 +207,76 @@ export class BatchScheduler {
           item.reject(error);
         } else live.push(item);
       }
-      if (live.length > 0) void this.execute(live);
+      if (live.length === 0) continue;
+      if (!dynamicBatching || maxBatchSize === 0) {
+        if (live.length === 1) void this.execute(live);
+        else void this.executeGroup(live);
+      } else void this.execute(live);
     }
     this.checkIdle();
+  }
+
+  /**
+   * Pumps again after `ms`. A timer alone cannot wait less than a millisecond (and may wake
+   * a millisecond late), which would dominate a queue delay of a few hundred microseconds:
+   * the last millisecond is waited out with immediates against the clock instead.
+   */
+  private wakeAfter(ms: number): void {
+    const at = performance.now() + ms;
+    const timer: { timeout?: NodeJS.Timeout; immediate?: NodeJS.Immediate } = {};
+    this.timer = timer;
+    const poll = () => {
+      timer.immediate = undefined;
+      timer.timeout = undefined;
+      if (this.timer !== timer) return;
+      const left = at - performance.now();
+      if (left > 1.5) timer.timeout = setTimeout(poll, left - 1);
+      else if (left > 0) timer.immediate = setImmediate(poll);
+      else {
+        this.timer = undefined;
+        this.pump();
+      }
+    };
+    poll();
+  }
+
+  private cancelWake(): void {
+    const timer = this.timer;
+    if (!timer) return;
+    this.timer = undefined;
+    if (timer.timeout) clearTimeout(timer.timeout);
+    if (timer.immediate) clearImmediate(timer.immediate);
+  }
+
+  /** Independent requests (no concatenation) sent to one instance together; each settles alone. */
+  private async executeGroup(items: Item[]): Promise<void> {
+    this.running++;
+    this.runningRequests += items.length;
+    this.executions += items.length;
+    const started = performance.now();
+    try {
+      const outcomes = await (this.backend.runMany as NonNullable<ExecutionBackend["runMany"]>)(
+        items.map((i) => ({ feeds: i.tensors, outputs: this.options.outputs })),
+      );
+      items.forEach((item, k) => {
+        const outcome = outcomes[k];
+        if (!outcome || "error" in outcome) {
+          item.reject(outcome?.error ?? new NearhubError(Code.Internal, `${this.options.label}: no result`));
+          return;
+        }
+        this.onExecution({ batchSize: item.batch, requests: 1, computeMs: outcome.computeMs });
+        item.resolve({
+          outputs: outcome.outputs,
+          timing: { queueMs: started - item.enqueuedAt, computeMs: outcome.computeMs, batchSize: item.batch },
+        });
+      });
+    } catch (error) {
+      for (const item of items) item.reject(error);
+    } finally {
+      this.running--;
+      this.runningRequests -= items.length;
+      this.pump();
+    }
   }
 
   private async execute(items: Item[]): Promise<void> {

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Code, Names, NearhubError, createClient, parseEnv, type Client } from "@nearhub/platform";
 import { GRPCInferenceService, type ModelInferResponse } from "@nearhub/proto/inference";
-import { deleteNamespace, nats, serviceEnv, tempDir, uniqueNamespace } from "@nearhub/testing";
+import { adminAuth, deleteNamespace, nats, serviceEnv, tempDir, uniqueNamespace } from "@nearhub/testing";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect as natsConnect } from "@nats-io/transport-node";
 import * as ort from "onnxruntime-node";
@@ -94,7 +94,10 @@ describe("inference gateway over gRPC with ONNX Runtime", { timeout: 120_000 }, 
       serviceEnv(natsUrl, ns, dir.path, { NEARHUB_MODEL_DIR: models }),
     );
     gateway = await startInferenceGateway(config);
-    client = createClient(GRPCInferenceService, `127.0.0.1:${gateway.grpcPort}`, { timeoutMs: 30_000 });
+    client = createClient(GRPCInferenceService, `127.0.0.1:${gateway.grpcPort}`, {
+      timeoutMs: 30_000,
+      metadata: adminAuth(ns),
+    });
   });
 
   after(async () => {

@@ -12,7 +12,7 @@ export { LocalFolderSource, checkModelName, checkModelVersion } from "./model-so
 export type { FetchedModel, ModelListing, ModelSource } from "./model-source.js";
 export { InferenceMetrics } from "./model-statistics.js";
 export { OnnxBackend } from "./onnx-backend.js";
-export type { ExecutionBackend, GraphSignature } from "./onnx-backend.js";
+export type { ExecutionBackend, GraphSignature, RunOutcome } from "./onnx-backend.js";
 export {
   addModel,
   encodeOnnxModel,
@@ -22,7 +22,7 @@ export {
   stringIdentityModel,
 } from "./onnx-model-builder.js";
 export type { OnnxGraph, OnnxNode, OnnxValue } from "./onnx-model-builder.js";
-export type { GraphValue, TensorData, WorkerTensor } from "./onnx-protocol.js";
+export type { GraphValue, RunResult, TensorData, WorkerTensor } from "./onnx-protocol.js";
 export { CompositeSource, MODEL_CONFIG_FILE, RegistrySource, modelNameOf, repoIdOf } from "./registry-source.js";
 export type { RegistrySourceOptions } from "./registry-source.js";
 export { LAZY_LOAD_REASON, RemoteBackends } from "./remote-backends.js";

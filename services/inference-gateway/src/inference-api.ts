@@ -10,19 +10,51 @@ import {
   type ServiceImpl,
 } from "@nearhub/platform";
 import type { GRPCInferenceService, ModelInferRequest, ModelInferResponseSchema } from "@nearhub/proto/inference";
-import { SpanStatusCode, trace } from "@opentelemetry/api";
-import type { ModelManager } from "./model-manager.js";
+import { INVALID_SPAN_CONTEXT, SpanStatusCode, trace, type Span } from "@opentelemetry/api";
+import type { LoadedModel, ModelManager } from "./model-manager.js";
 import type { RemoteBackends } from "./remote-backends.js";
 import { ModelStats, recordRequest, type InferenceMetrics } from "./model-statistics.js";
-import { decodeInputs, encodeOutput } from "./tensor-codec.js";
+import { decodeInputs, encodeOutput, type Datatype } from "./tensor-codec.js";
 
 /** The server name and version ServerMetadata reports. */
 export const SERVER_NAME = "nearhub";
 export const SERVER_VERSION = "0.1.0";
 
 const tracer = trace.getTracer("nearhub-inference");
+/** Stands in for the span of an untraced call: records nothing. */
+const UNTRACED = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
 
 type InferResponse = MessageInitShape<typeof ModelInferResponseSchema>;
+
+/** What every request to one loaded model shares, computed once per load. */
+interface HotPath {
+  labels: { model: string; version: string };
+  spanName: string;
+  spanOptions: { attributes: Record<string, string> };
+  /** The outputs answered when a request names none. */
+  outputNames: string[];
+  datatypes: Map<string, Datatype>;
+  hasFp16: boolean;
+}
+
+const hotPaths = new WeakMap<LoadedModel, HotPath>();
+
+function hotPath(model: LoadedModel): HotPath {
+  let hot = hotPaths.get(model);
+  if (!hot) {
+    const { outputs } = model.config;
+    hot = {
+      labels: { model: model.name, version: model.version },
+      spanName: `infer ${model.name}`,
+      spanOptions: { attributes: { "inference.model": model.name, "inference.version": model.version } },
+      outputNames: outputs.map((o) => o.name),
+      datatypes: new Map(outputs.map((o) => [o.name, o.datatype])),
+      hasFp16: outputs.some((o) => o.datatype === "FP16"),
+    };
+    hotPaths.set(model, hot);
+  }
+  return hot;
+}
 
 /** The most requests one ModelStreamInfer call keeps in flight before it stops reading. */
 const STREAM_WINDOW = 512;
@@ -54,10 +86,13 @@ export function inferenceApi(
       return (await remotes?.infer(request, ctx.deadline)) as InferResponse;
     }
     const started = performance.now();
-    return models.use(request.modelName, request.modelVersion, (model) =>
-      tracer.startActiveSpan(`infer ${model.name}`, async (span) => {
-        const labels = { model: model.name, version: model.version };
-        span.setAttributes({ "inference.model": model.name, "inference.version": model.version });
+    return models.use(request.modelName, request.modelVersion, (model) => {
+      const hot = hotPath(model);
+      // A span of its own only under a recorded call span: an untraced call (no telemetry, or
+      // sampled out) skips creating a context for a span nobody would see.
+      const traced = trace.getActiveSpan()?.isRecording() === true;
+      const run = async (span: Span): Promise<InferResponse> => {
+        const { labels } = hot;
         metrics.pending.inc(labels);
         let rows = 0;
         let queueMs: number | undefined;
@@ -65,14 +100,16 @@ export function inferenceApi(
           const { config } = model;
           const decoded = decodeInputs(request, config.inputs, config.max_batch_size);
           rows = decoded.batch;
-          const wanted =
-            request.outputs.length > 0 ? request.outputs.map((o) => o.name) : config.outputs.map((o) => o.name);
-          for (const name of wanted) {
-            if (!config.outputs.some((o) => o.name === name)) {
-              throw new NearhubError(
-                Code.InvalidArgument,
-                `requested output ${JSON.stringify(name.slice(0, 64))} is not an output of model ${model.name}; it has ${config.outputs.map((o) => o.name).join(", ")}`,
-              );
+          let wanted = hot.outputNames;
+          if (request.outputs.length > 0) {
+            wanted = request.outputs.map((o) => o.name);
+            for (const name of wanted) {
+              if (!hot.datatypes.has(name)) {
+                throw new NearhubError(
+                  Code.InvalidArgument,
+                  `requested output ${JSON.stringify(name.slice(0, 64))} is not an output of model ${model.name}; it has ${hot.outputNames.join(", ")}`,
+                );
+              }
             }
           }
           const { outputs, timing } = await model.scheduler.submit({
@@ -83,17 +120,19 @@ export function inferenceApi(
             signal: ctx.signal,
           });
           queueMs = timing.queueMs;
-          span.setAttributes({
-            "inference.batch_rows": rows,
-            "inference.executed_batch_size": timing.batchSize,
-            "inference.queue_us": Math.round(timing.queueMs * 1000),
-            "inference.compute_us": Math.round(timing.computeMs * 1000),
-          });
-          const datatypes = new Map(config.outputs.map((o) => [o.name, o.datatype]));
+          if (span.isRecording()) {
+            span.setAttributes({
+              "inference.batch_rows": rows,
+              "inference.executed_batch_size": timing.batchSize,
+              "inference.queue_us": Math.round(timing.queueMs * 1000),
+              "inference.compute_us": Math.round(timing.computeMs * 1000),
+            });
+          }
           const asRaw =
             decoded.raw ||
-            wanted.some((n) => datatypes.get(n) === "FP16") ||
-            request.outputs.some((o) => o.parameters["binary_data"]?.parameterChoice.value === true);
+            (hot.hasFp16 && wanted.some((n) => hot.datatypes.get(n) === "FP16")) ||
+            (request.outputs.length > 0 &&
+              request.outputs.some((o) => o.parameters["binary_data"]?.parameterChoice.value === true));
           const response: InferResponse = {
             modelName: model.name,
             modelVersion: model.version,
@@ -102,9 +141,10 @@ export function inferenceApi(
             rawOutputContents: [],
           };
           for (const name of wanted) {
-            const tensor = outputs.find((o) => o.name === name);
+            const tensor =
+              outputs.length === 1 && outputs[0]?.name === name ? outputs[0] : outputs.find((o) => o.name === name);
             if (!tensor) throw new NearhubError(Code.Internal, `model ${model.name} did not produce output ${name}`);
-            const encoded = encodeOutput(tensor, datatypes.get(name) ?? "FP32", asRaw);
+            const encoded = encodeOutput(tensor, hot.datatypes.get(name) ?? "FP32", asRaw);
             (response.outputs as unknown[]).push(encoded.tensor);
             if (encoded.raw) (response.rawOutputContents as Uint8Array[]).push(encoded.raw);
           }
@@ -125,8 +165,9 @@ export function inferenceApi(
           metrics.pending.dec(labels);
           span.end();
         }
-      }),
-    );
+      };
+      return traced ? tracer.startActiveSpan(hot.spanName, hot.spanOptions, run) : run(UNTRACED);
+    });
   }
 
   return {
@@ -136,8 +177,9 @@ export function inferenceApi(
     async serverReady() {
       return { ready: health.get() === ServingStatus.SERVING };
     },
-    async modelReady(request) {
+    async modelReady(request, ctx) {
       requireName(request.name, "name");
+      await ctx.authorize("read", modelResource(request.name));
       if (await isRemote(request.name, request.version)) return { ready: true };
       const version = await models.resolveVersion(request.name, request.version);
       return { ready: models.state(request.name, version) === "READY" };
@@ -145,8 +187,9 @@ export function inferenceApi(
     async serverMetadata() {
       return { name: SERVER_NAME, version: SERVER_VERSION, extensions: ["model_repository", "statistics"] };
     },
-    async modelMetadata(request) {
+    async modelMetadata(request, ctx) {
       requireName(request.name, "name");
+      await ctx.authorize("read", modelResource(request.name));
       const listing = (await models.list()).find((m) => m.name === request.name);
       return models.use(request.name, request.version, async (model) => {
         const batched = model.config.max_batch_size > 0;
@@ -165,7 +208,7 @@ export function inferenceApi(
       });
     },
     modelInfer(request, ctx) {
-      return infer(request, ctx);
+      return ctx.authorize("infer", modelResource(request.modelName)).then(() => infer(request, ctx));
     },
     async *modelStreamInfer(requests, ctx) {
       // Requests run concurrently (so they can share batches); responses go out as they finish,
@@ -182,9 +225,25 @@ export function inferenceApi(
         wake = undefined;
         w?.();
       };
+      // Checked once per model of the stream (the principal cannot change mid-stream).
+      const allowed = new Set<string>();
       const reader = (async () => {
         try {
           for await (const request of requests) {
+            if (!allowed.has(request.modelName)) {
+              try {
+                await ctx.authorize("infer", modelResource(request.modelName));
+                allowed.add(request.modelName);
+              } catch (error) {
+                const e = NearhubError.from(error, Code.PermissionDenied);
+                done.push({
+                  errorMessage: `${codeName(e.code)}: ${e.rawMessage}`,
+                  inferResponse: { id: request.id, modelName: request.modelName },
+                });
+                notify();
+                continue;
+              }
+            }
             while (inFlight >= STREAM_WINDOW) await new Promise<void>((r) => (wake = r));
             inFlight++;
             infer(request, { deadline: undefined, signal: ctx.signal })
@@ -218,10 +277,12 @@ export function inferenceApi(
       await reader;
       if (readError && !ctx.signal.aborted) throw NearhubError.from(readError, Code.Internal);
     },
-    async modelStatistics(request) {
+    async modelStatistics(request, ctx) {
+      if (request.name) await ctx.authorize("read", modelResource(request.name));
       const resolved = request.name ? await models.resolveVersion(request.name, request.version) : "";
       const rows = models.statistics(request.name || undefined, request.version || undefined);
       // A model that has not served yet answers zeros, as Triton does, rather than nothing.
+      if (!request.name) rows.splice(0, rows.length, ...rows.filter((r) => ctx.can("read", modelResource(r.name))));
       if (request.name && rows.length === 0) {
         rows.push({ name: request.name, version: resolved, stats: new ModelStats(), memoryBytes: 0 });
       }
@@ -246,22 +307,29 @@ export function inferenceApi(
         })),
       };
     },
-    async repositoryIndex(request) {
+    async repositoryIndex(request, ctx) {
       const local = await models.index(request.ready);
       const remote = (remotes?.index() ?? []).filter((r) => !local.some((l) => l.name === r.name));
-      return { models: [...local, ...remote] };
+      return { models: [...local, ...remote].filter((m) => ctx.can("read", modelResource(m.name))) };
     },
-    async repositoryModelLoad(request) {
+    async repositoryModelLoad(request, ctx) {
       requireName(request.modelName, "model_name");
+      await ctx.authorize("load", modelResource(request.modelName));
       const version = await models.resolveVersion(request.modelName, "");
       await models.load(request.modelName, version);
       return {};
     },
-    async repositoryModelUnload(request) {
+    async repositoryModelUnload(request, ctx) {
       requireName(request.modelName, "model_name");
+      await ctx.authorize("load", modelResource(request.modelName));
       const unloaded = await models.unload(request.modelName);
       if (unloaded === 0) await models.resolveVersion(request.modelName, "");
       return {};
     },
   };
+}
+
+/** The RBAC resource of a served model: the registry repo `models/<name>`. */
+export function modelResource(name: string): string {
+  return `models/${name}`;
 }

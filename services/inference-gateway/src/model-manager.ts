@@ -180,8 +180,7 @@ export class ModelManager {
    * while `fn` runs.
    */
   async use<T>(name: string, version: string, fn: (model: LoadedModel) => Promise<T>): Promise<T> {
-    const resolved = await this.resolveVersion(name, version);
-    const model = await this.load(name, resolved);
+    const model = this.loadedNow(name, version) ?? (await this.load(name, await this.resolveVersion(name, version)));
     model.holds++;
     model.lastUsed = performance.now();
     try {
@@ -190,6 +189,25 @@ export class ModelManager {
       model.holds--;
       if (model.holds === 0) for (const r of model.released.splice(0)) r();
     }
+  }
+
+  /**
+   * The loaded model a request names, found without waiting when the listing holds it and the
+   * version is loaded (the path of nearly every request); undefined sends the caller the long way.
+   */
+  private loadedNow(name: string, version: string): Loaded | undefined {
+    if (this.closed || this.listedAt === 0) return undefined;
+    // A stale listing is refreshed in the background rather than awaited: a model that is
+    // loaded keeps answering without a pause every second (one refresh at a time).
+    if (Date.now() - this.listedAt > 1000) void this.list().catch(() => undefined);
+    checkModelName(name);
+    checkModelVersion(version);
+    let listed: ModelListing | undefined;
+    for (const m of this.listing) if (m.name === name) listed = m;
+    if (!listed) return undefined;
+    const resolved = version || listed.versions[listed.versions.length - 1];
+    if (resolved === undefined || (version && !listed.versions.includes(version))) return undefined;
+    return this.entries.get(key(name, resolved))?.loaded;
   }
 
   /** Loads a version (or returns it if loaded); concurrent callers share one load. */

@@ -1,7 +1,7 @@
 import { createRequire } from "node:module";
 import { Worker } from "node:worker_threads";
 import { Code, NearhubError } from "@nearhub/platform";
-import type { GraphValue, WorkerRequest, WorkerResponse, WorkerTensor } from "./onnx-protocol.js";
+import type { GraphValue, RunResult, WorkerRequest, WorkerResponse, WorkerTensor } from "./onnx-protocol.js";
 import { WORKER_SOURCE } from "./onnx-worker.js";
 
 /** What a model backend must do: run one (possibly batched) execution on a free instance. */
@@ -10,9 +10,17 @@ export interface ExecutionBackend {
   readonly instances: number;
   /** Runs the model; `outputs` names the outputs to return. */
   run(feeds: WorkerTensor[], outputs: string[]): Promise<{ outputs: WorkerTensor[]; computeMs: number }>;
+  /**
+   * Optional: several independent runs on one instance in a single hand-off (one thread
+   * wake-up each way instead of one per run); each run succeeds or fails on its own.
+   */
+  runMany?(runs: Array<{ feeds: WorkerTensor[]; outputs: string[] }>): Promise<RunOutcome[]>;
   /** Releases the instances; pending runs fail. */
   close(): Promise<void>;
 }
+
+/** What one run of {@link ExecutionBackend.runMany} gave. */
+export type RunOutcome = { outputs: WorkerTensor[]; computeMs: number } | { error: NearhubError };
 
 /** The loaded graph's signature as ONNX Runtime reports it. */
 export interface GraphSignature {
@@ -32,9 +40,13 @@ interface Instance {
 }
 
 interface Pending {
-  resolve: (value: { outputs: WorkerTensor[]; computeMs: number }) => void;
+  resolve: (results: RunResult[]) => void;
   reject: (error: unknown) => void;
   instance: Instance;
+}
+
+function rejected(message: string): NearhubError {
+  return new NearhubError(Code.InvalidArgument, `the model rejected the inputs: ${message}`);
 }
 
 /**
@@ -86,14 +98,12 @@ export class OnnxBackend implements ExecutionBackend {
               ),
             );
             break;
-          case "result":
-          case "error": {
+          case "results": {
             const p = this.pending.get(message.id);
             if (!p) return;
             this.pending.delete(message.id);
             this.release(p.instance);
-            if (message.type === "result") p.resolve({ outputs: message.outputs, computeMs: message.computeMs });
-            else p.reject(new NearhubError(Code.InvalidArgument, `the model rejected the inputs: ${message.message}`));
+            p.resolve(message.results);
             break;
           }
         }
@@ -132,18 +142,40 @@ export class OnnxBackend implements ExecutionBackend {
   }
 
   async run(feeds: WorkerTensor[], outputs: string[]): Promise<{ outputs: WorkerTensor[]; computeMs: number }> {
+    const [result] = await this.post([{ feeds, outputs }]);
+    if (!result || "error" in result) throw rejected(result?.error ?? "no result");
+    return result;
+  }
+
+  async runMany(runs: Array<{ feeds: WorkerTensor[]; outputs: string[] }>): Promise<RunOutcome[]> {
+    const results = await this.post(runs);
+    return results.map((r) => ("error" in r ? { error: rejected(r.error) } : r));
+  }
+
+  /** One message to an idle instance carrying every run; the inputs' buffers move, not copy. */
+  private async post(runs: Array<{ feeds: WorkerTensor[]; outputs: string[] }>): Promise<RunResult[]> {
     if (this.closed) throw new NearhubError(Code.Unavailable, "the model was unloaded; retry to load it again");
     const instance = await this.acquire();
     const id = this.nextId++;
+    // Inputs whose array owns its whole buffer move to the worker; views into a larger buffer
+    // (the request's bytes) are copied first, so the clone never carries the rest of it.
     const transfer: ArrayBuffer[] = [];
-    for (const f of feeds) {
-      if (!Array.isArray(f.data) && f.data.buffer instanceof ArrayBuffer && f.data.byteOffset === 0) {
-        if (f.data.byteLength === f.data.buffer.byteLength) transfer.push(f.data.buffer);
-      }
-    }
+    const owned = runs.map((run) => ({
+      outputs: run.outputs,
+      feeds: run.feeds.map((f) => {
+        if (Array.isArray(f.data)) return f;
+        const whole =
+          f.data.buffer instanceof ArrayBuffer &&
+          f.data.byteOffset === 0 &&
+          f.data.byteLength === f.data.buffer.byteLength;
+        const data = whole && !transfer.includes(f.data.buffer as ArrayBuffer) ? f.data : f.data.slice();
+        transfer.push(data.buffer as ArrayBuffer);
+        return data === f.data ? f : { ...f, data };
+      }),
+    }));
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject, instance });
-      const message: WorkerRequest = { type: "run", id, feeds, outputs };
+      const message: WorkerRequest = { type: "run", id, runs: owned };
       instance.worker.postMessage(message, transfer);
     });
   }

@@ -24,7 +24,11 @@ export type TensorData =
   | string[];
 
 /** Gateway → worker. */
-export type WorkerRequest = { type: "run"; id: number; feeds: WorkerTensor[]; outputs: string[] } | { type: "close" };
+export type WorkerRequest =
+  { type: "run"; id: number; runs: Array<{ feeds: WorkerTensor[]; outputs: string[] }> } | { type: "close" };
+
+/** One run's answer: its outputs, or why the model refused it. */
+export type RunResult = { outputs: WorkerTensor[]; computeMs: number } | { error: string };
 
 /** One input or output of the loaded graph; -1 marks a symbolic dimension. */
 export interface GraphValue {
@@ -37,5 +41,4 @@ export interface GraphValue {
 export type WorkerResponse =
   | { type: "ready"; inputs: GraphValue[]; outputs: GraphValue[] }
   | { type: "load-error"; message: string }
-  | { type: "result"; id: number; outputs: WorkerTensor[]; computeMs: number }
-  | { type: "error"; id: number; message: string };
+  | { type: "results"; id: number; results: RunResult[] };

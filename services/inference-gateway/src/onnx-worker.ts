@@ -3,8 +3,8 @@
  * gateway's event loop never blocks on compute. It is plain CommonJS run with `eval`, so a
  * worker starts in milliseconds in development (no TypeScript loader to boot per thread) and
  * in the build alike; `onnxruntime-node` is required by the absolute path the parent resolved.
- * Messages follow onnx-protocol.ts: in `run` and `close`; out `ready`, `load-error`, `result`,
- * `error`.
+ * Messages follow onnx-protocol.ts: in `run` (one or more runs) and `close`; out `ready`,
+ * `load-error` and `results` (one per `run` message).
  */
 export const WORKER_SOURCE = String.raw`
 "use strict";
@@ -20,11 +20,9 @@ function signature(meta) {
   );
 }
 
-async function run(id, feeds, outputs) {
-  if (!session) {
-    parentPort.postMessage({ type: "error", id, message: "the model session is closed" });
-    return;
-  }
+// One run; its output buffers join the transfer list. Errors answer the run, not the whole message.
+async function runOne(feeds, outputs, transfer) {
+  if (!session) return { error: "the model session is closed" };
   try {
     const inputs = {};
     for (const f of feeds) inputs[f.name] = new ort.Tensor(f.type, f.data, f.dims);
@@ -32,7 +30,6 @@ async function run(id, feeds, outputs) {
     const result = await session.run(inputs, outputs);
     const computeMs = performance.now() - started;
     const out = [];
-    const transfer = [];
     for (const name of outputs) {
       const t = result[name];
       if (!t) throw new Error("the model produced no output " + name);
@@ -44,10 +41,18 @@ async function run(id, feeds, outputs) {
       }
       out.push({ name, type: t.type, dims: Array.from(t.dims), data });
     }
-    parentPort.postMessage({ type: "result", id, outputs: out, computeMs }, transfer);
+    return { outputs: out, computeMs };
   } catch (error) {
-    parentPort.postMessage({ type: "error", id, message: String(error && error.message ? error.message : error) });
+    return { error: String(error && error.message ? error.message : error) };
   }
+}
+
+// Every run of a message in turn, answered together: one wake-up of the gateway per message.
+async function run(id, runs) {
+  const results = [];
+  const transfer = [];
+  for (const r of runs) results.push(await runOne(r.feeds, r.outputs, transfer));
+  parentPort.postMessage({ type: "results", id, results }, transfer);
 }
 
 parentPort.on("message", (message) => {
@@ -58,7 +63,7 @@ parentPort.on("message", (message) => {
     });
     return;
   }
-  void run(message.id, message.feeds, message.outputs);
+  void run(message.id, message.runs);
 });
 
 ort.InferenceSession.create(workerData.model, {

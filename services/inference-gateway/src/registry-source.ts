@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import type { ChannelCredentials } from "@grpc/grpc-js";
 import { Code, NearhubError, createClient, type Client } from "@nearhub/platform";
 import { RegistryService, RepoKind, type ManifestEntry } from "@nearhub/proto/registry";
 import { StorageService } from "@nearhub/proto/storage";
@@ -16,12 +17,16 @@ export const MODEL_CONFIG_FILE = "nearhub-model.json";
 
 /** Options of {@link RegistrySource}. */
 export interface RegistrySourceOptions {
+  /** Metadata of every call to storage: the gateway's own service identity. */
+  callMetadata?: () => Record<string, string>;
   /** Bytes per ranged GetBlob call. */
   rangeBytes?: number;
   /** Ranged GetBlob calls in flight per model file. */
   parallel?: number;
   /** Called as bytes arrive (first-load progress). */
   onBytes?: (n: number) => void;
+  /** TLS of the calls to storage; plain text when absent. */
+  credentials?: ChannelCredentials;
 }
 
 /** A registry repo id (`owner/name` or `name`) as a model name: '/' becomes '--', which repo ids never hold. */
@@ -48,8 +53,16 @@ export class RegistrySource implements ModelSource {
     readonly address: string,
     private readonly options: RegistrySourceOptions = {},
   ) {
-    this.registry = createClient(RegistryService, address, { timeoutMs: 30_000 });
-    this.storage = createClient(StorageService, address, { timeoutMs: 120_000, maxMessageBytes: 16 * 1024 * 1024 });
+    const credentials = {
+      ...(options.credentials ? { credentials: options.credentials } : {}),
+      ...(options.callMetadata ? { callMetadata: options.callMetadata } : {}),
+    };
+    this.registry = createClient(RegistryService, address, { timeoutMs: 30_000, ...credentials });
+    this.storage = createClient(StorageService, address, {
+      timeoutMs: 120_000,
+      maxMessageBytes: 16 * 1024 * 1024,
+      ...credentials,
+    });
   }
 
   /** Closes the clients. */

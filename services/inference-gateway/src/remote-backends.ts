@@ -24,6 +24,8 @@ const READY = methodDefinition(GRPCInferenceService.method.serverReady);
 export interface RemoteBackendsOptions {
   /** `host:port` of Triton or KServe v2 servers. */
   addresses: string[];
+  /** Metadata of every call (a nearhub gateway behind this one checks the caller's identity). */
+  callMetadata?: () => Record<string, string>;
   /** How often each backend's readiness and model index are probed. */
   probeIntervalMs: number;
   /** Consecutive failures of requests that reached a backend before it is ejected. */
@@ -175,12 +177,19 @@ export class RemoteBackends {
   private async probe(b: Backend): Promise<void> {
     const deadline = Date.now() + Math.max(1000, this.options.connectTimeoutMs);
     try {
-      const ready = await unary<{ ready: boolean }>(b.client, READY, create(ServerReadyRequestSchema), deadline);
+      const ready = await unary<{ ready: boolean }>(
+        b.client,
+        READY,
+        create(ServerReadyRequestSchema),
+        deadline,
+        this.options.callMetadata?.(),
+      );
       const index = await unary<RepositoryIndexResponse>(
         b.client,
         INDEX,
         create(RepositoryIndexRequestSchema, { ready: false }),
         deadline,
+        this.options.callMetadata?.(),
       );
       const models = new Set<string>();
       for (const m of index.models) {
@@ -251,7 +260,13 @@ export class RemoteBackends {
       { kind: SpanKind.CLIENT, attributes: { "inference.backend": b.address, "inference.model": request.modelName } },
       async (span) => {
         try {
-          const response = await unary<ModelInferResponse>(b.client, INFER, request, deadlineMs);
+          const response = await unary<ModelInferResponse>(
+            b.client,
+            INFER,
+            request,
+            deadlineMs,
+            this.options.callMetadata?.(),
+          );
           b.failures = 0;
           this.requests.inc({ backend: b.address, code: "ok" });
           return response;
@@ -302,8 +317,10 @@ function unary<T>(
   def: grpc.MethodDefinition<unknown, unknown>,
   message: unknown,
   deadline: number,
+  extra: Record<string, string> = {},
 ): Promise<T> {
   const metadata = new grpc.Metadata();
+  for (const [k, v] of Object.entries(extra)) metadata.set(k, v);
   injectIntoMetadata(metadata);
   return new Promise<T>((resolve, reject) => {
     client.makeUnaryRequest(

@@ -1,6 +1,6 @@
 import { hostname } from "node:os";
 import { join } from "node:path";
-import { ServiceHost, auditStream, codeName, eventsStream, type Logger } from "@nearhub/platform";
+import { IDENTITY_HEADER, ServiceHost, auditStream, codeName, eventsStream, type Logger } from "@nearhub/platform";
 import { modelFailed, modelLoaded, modelUnloaded } from "@nearhub/proto/events";
 import { GRPCInferenceService } from "@nearhub/proto/inference";
 import type { InferenceConfig } from "./config.js";
@@ -47,7 +47,13 @@ export async function startInferenceGateway(
     async (host) => {
       const log = host.logger.child({ component: "models" });
       const folder = new LocalFolderSource(config.NEARHUB_MODEL_DIR ?? join(config.NEARHUB_DATA_DIR, "models"));
-      const registry = config.NEARHUB_STORAGE_ADDR ? new RegistrySource(config.NEARHUB_STORAGE_ADDR) : undefined;
+      const registry = config.NEARHUB_STORAGE_ADDR
+        ? new RegistrySource(config.NEARHUB_STORAGE_ADDR, {
+            credentials: host.tls.grpcChannelCredentials(),
+            // Models are loaded once for everyone: as the gateway itself, not as the first caller.
+            callMetadata: () => ({ [IDENTITY_HEADER]: host.access.identity.assert() }),
+          })
+        : undefined;
       if (registry) host.onStop(() => registry.close());
       const source = options.source ?? (registry ? new CompositeSource([folder, registry]) : folder);
       const metrics = new InferenceMetrics(host.metrics.registry);
@@ -128,6 +134,7 @@ export async function startInferenceGateway(
       if (config.NEARHUB_INFERENCE_REMOTES.length > 0 || config.NEARHUB_INFERENCE_DISCOVER) {
         const pool = new RemoteBackends({
           addresses: config.NEARHUB_INFERENCE_REMOTES,
+          callMetadata: host.callMetadata(),
           probeIntervalMs: config.NEARHUB_INFERENCE_PROBE_INTERVAL_MS,
           ejectAfterFailures: config.NEARHUB_INFERENCE_EJECT_AFTER_FAILURES,
           ejectionMs: config.NEARHUB_INFERENCE_EJECTION_MS,

@@ -58,6 +58,16 @@ const TYPES: Record<Datatype, TypeInfo> = {
   BYTES: { ort: "string", size: 0, alloc: () => new Uint8Array(0), field: "bytesContents" },
 };
 
+type ViewConstructor = new (buffer: ArrayBufferLike, byteOffset: number, length: number) => NumericArray;
+
+/** Each datatype's typed array, to view raw bytes in place. */
+const VIEWS = Object.fromEntries(
+  Object.entries(TYPES).map(([datatype, info]) => {
+    const Ctor = info.alloc(0).constructor as ViewConstructor;
+    return [datatype, (buffer: ArrayBufferLike, offset: number, length: number) => new Ctor(buffer, offset, length)];
+  }),
+) as Record<Datatype, (buffer: ArrayBufferLike, offset: number, length: number) => NumericArray>;
+
 /** The ONNX Runtime tensor type of a datatype. */
 export function ortType(datatype: Datatype): string {
   return TYPES[datatype].ort;
@@ -65,6 +75,7 @@ export function ortType(datatype: Datatype): string {
 
 /** The most elements one tensor may have (a guard against hostile shapes). */
 export const MAX_ELEMENTS = 1 << 28;
+const MAX_ELEMENTS_BIG = BigInt(MAX_ELEMENTS);
 
 /** The declared shape of one model tensor, as the codec needs it. */
 export interface TensorSpec {
@@ -175,10 +186,17 @@ function fromRaw(raw: Uint8Array, spec: TensorSpec, count: number): TensorData {
       `input ${spec.name}: raw content is ${raw.byteLength} bytes but shape and ${spec.datatype} need ${expected} (${count} elements × ${info.size} bytes, little-endian, row-major)`,
     );
   }
-  // A fresh, aligned copy: the request's bytes may start at any offset of a shared buffer.
+  // A view when the bytes are aligned for the type (no copy: a batch concatenates them anyway,
+  // and the backend copies what it must hand over whole); otherwise an aligned copy.
+  if (raw.byteOffset % info.size === 0) return VIEWS[spec.datatype](raw.buffer, raw.byteOffset, count);
   const out = info.alloc(count);
   new Uint8Array(out.buffer).set(raw);
   return out;
+}
+
+/** A shape for messages: its first dimensions. */
+function shapeText(shape: readonly bigint[]): string {
+  return `[${shape.slice(0, 8).join(", ")}${shape.length > 8 ? ", …" : ""}]`;
 }
 
 /**
@@ -202,13 +220,22 @@ export function decodeInputs(
       `the model takes ${specs.length} inputs (${specs.map((s) => s.name).join(", ")}) but the request has ${request.inputs.length}`,
     );
   }
-  const byName = new Map(request.inputs.map((input, index) => [input.name, { input, index }]));
-  if (byName.size !== request.inputs.length) throw invalid("an input name appears more than once");
+  // The common case, one input, needs no map.
+  const byName =
+    request.inputs.length === 1
+      ? undefined
+      : new Map(request.inputs.map((input, index) => [input.name, { input, index }]));
+  if (byName && byName.size !== request.inputs.length) throw invalid("an input name appears more than once");
   let batch = -1;
   const tensors: WorkerTensor[] = [];
   const keys: string[] = [];
   for (const spec of specs) {
-    const found = byName.get(spec.name);
+    const only = request.inputs[0];
+    const found = byName
+      ? byName.get(spec.name)
+      : only && only.name === spec.name
+        ? { input: only, index: 0 }
+        : undefined;
     if (!found) {
       const unknown = request.inputs.find((i) => !specs.some((s) => s.name === i.name));
       throw invalid(
@@ -222,28 +249,29 @@ export function decodeInputs(
       );
     }
     const expectedRank = spec.dims.length + (maxBatch > 0 ? 1 : 0);
-    const shapeText = `[${input.shape.slice(0, 8).join(", ")}${input.shape.length > 8 ? ", …" : ""}]`;
     if (input.shape.length !== expectedRank) {
       throw invalid(
-        `input ${spec.name} has shape ${shapeText} (rank ${input.shape.length}); the model takes rank ${expectedRank}: ${maxBatch > 0 ? "[batch, " : "["}${spec.dims.join(", ")}]`,
+        `input ${spec.name} has shape ${shapeText(input.shape)} (rank ${input.shape.length}); the model takes rank ${expectedRank}: ${maxBatch > 0 ? "[batch, " : "["}${spec.dims.join(", ")}]`,
       );
     }
     let count = 1;
     const dims: number[] = [];
     for (let d = 0; d < input.shape.length; d++) {
       const value = input.shape[d] as bigint;
-      if (value < 0n || value > BigInt(MAX_ELEMENTS)) {
-        throw invalid(`input ${spec.name}: dimension ${d} of shape ${shapeText} must be between 0 and ${MAX_ELEMENTS}`);
+      if (value < 0n || value > MAX_ELEMENTS_BIG) {
+        throw invalid(
+          `input ${spec.name}: dimension ${d} of shape ${shapeText(input.shape)} must be between 0 and ${MAX_ELEMENTS}`,
+        );
       }
       const n = Number(value);
       const declared = maxBatch > 0 ? (d === 0 ? -1 : spec.dims[d - 1]) : spec.dims[d];
       if (declared !== undefined && declared >= 0 && declared !== n) {
-        throw invalid(`input ${spec.name}: dimension ${d} of shape ${shapeText} must be ${declared}`);
+        throw invalid(`input ${spec.name}: dimension ${d} of shape ${shapeText(input.shape)} must be ${declared}`);
       }
       count *= n;
       if (count > MAX_ELEMENTS) {
         throw invalid(
-          `input ${spec.name}: shape ${shapeText} has more than ${MAX_ELEMENTS} elements; send smaller requests`,
+          `input ${spec.name}: shape ${shapeText(input.shape)} has more than ${MAX_ELEMENTS} elements; send smaller requests`,
         );
       }
       dims.push(n);

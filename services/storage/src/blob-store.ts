@@ -22,13 +22,29 @@ export interface BlobStore {
   // replica, or this one after a restart, can continue the upload.
   /** Prepares backend state for a chunked upload of `size` bytes. */
   beginChunked(sessionId: string, size: number): Promise<ChunkedHandle>;
-  /** Stores one chunk (already verified) at `offset`; returns its S3 part etag ("" on fs). */
-  writeChunk(handle: ChunkedHandle, index: number, offset: number, bytes: Uint8Array): Promise<{ etag: string }>;
+  /**
+   * Stores one chunk (already verified; `sha256` is its digest) at `offset`; returns its S3 part
+   * etag ("" on fs).
+   */
+  writeChunk(
+    handle: ChunkedHandle,
+    index: number,
+    offset: number,
+    bytes: Uint8Array,
+    sha256?: string,
+  ): Promise<{ etag: string }>;
   /**
    * Assembles the parts, verifies the whole sha256 and size, and makes the blob visible
-   * atomically (nothing visible on a mismatch, which also discards the upload).
+   * atomically (nothing visible on a mismatch, which also discards the upload). `received`,
+   * when given, is the sha256 of these very parts in order, computed from the verified chunk
+   * bytes as they were stored: the backend compares it instead of reading the blob back.
    */
-  completeChunked(handle: ChunkedHandle, expected: BlobStat, parts: ChunkPart[]): Promise<{ created: boolean }>;
+  completeChunked(
+    handle: ChunkedHandle,
+    expected: BlobStat,
+    parts: ChunkPart[],
+    received?: { sha256: string },
+  ): Promise<{ created: boolean }>;
   /** Best-effort removal of an unfinished upload's parts. */
   abortChunked(handle: ChunkedHandle): Promise<void>;
   /** A URL that downloads the blob directly; undefined when the backend has none (fs). */

@@ -1,17 +1,64 @@
 import { createHash, randomUUID } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { access, constants, mkdir, open, opendir, rename, rm, stat } from "node:fs/promises";
-import { join } from "node:path";
+import { access, constants, link, mkdir, open, opendir, rename, rm, stat } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { Code, NearhubError } from "@nearhub/platform";
 import { SHA256, type BlobStat, type BlobStore, type ChunkPart, type ChunkedHandle } from "./blob-store.js";
 
+/** Blobs up to this size are taken whole in memory by {@link FsBlobStore.put}. */
+const SMALL_BLOB = 1024 * 1024;
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
 /**
  * Blobs in a local folder: `sha256/ab/cd/<sha256>`. An upload is written to `tmp/`, hashed as
- * it arrives, fsynced, and renamed into place only when sha256 and size match, so a reader
+ * it arrives, fsynced, and linked into place only when sha256 and size match, so a reader
  * never sees a partial or wrong blob and a crash leaves only a temporary file behind.
  */
 export class FsBlobStore implements BlobStore {
+  /** Fan-out folders known to exist (each mkdir is a thread-pool round trip). */
+  private readonly dirs = new Set<string>();
+
   constructor(private readonly root: string) {}
+
+  /**
+   * Makes the verified file `from` visible as `to` unless `to` exists: a hard link fails rather
+   * than replace, so of concurrent puts of one blob (in any process) exactly one creates it.
+   * `from` is removed either way. Makes `to`'s folder first.
+   */
+  private async publish(from: string, to: string): Promise<{ created: boolean }> {
+    const dir = dirname(to);
+    try {
+      if (!this.dirs.has(dir)) {
+        await mkdir(dir, { recursive: true });
+        this.dirs.add(dir);
+      }
+      try {
+        await link(from, to);
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code === "EEXIST") return { created: false };
+        if (code === "EPERM" || code === "ENOTSUP" || code === "EOPNOTSUPP") {
+          // A filesystem without hard links: rename, which may replace an identical blob.
+          if (await exists(to)) return { created: false };
+          await rename(from, to);
+          return { created: true };
+        }
+        if (code !== "ENOENT" || !(await exists(from))) throw error;
+        // The folder went away under us (removed by hand): make it again.
+        await mkdir(dir, { recursive: true });
+        await link(from, to);
+      }
+      return { created: true };
+    } finally {
+      await rm(from, { force: true });
+    }
+  }
 
   private pathOf(sha256: string): string {
     return join(this.root, "sha256", sha256.slice(0, 2), sha256.slice(2, 4), sha256);
@@ -78,7 +125,12 @@ export class FsBlobStore implements BlobStore {
     return { etag: "" };
   }
 
-  async completeChunked(handle: ChunkedHandle, expected: BlobStat, _parts: ChunkPart[]): Promise<{ created: boolean }> {
+  async completeChunked(
+    handle: ChunkedHandle,
+    expected: BlobStat,
+    _parts: ChunkPart[],
+    received?: { sha256: string },
+  ): Promise<{ created: boolean }> {
     const path = this.uploadPath(handle);
     const target = this.pathOf(expected.sha256);
     let size: number;
@@ -90,9 +142,15 @@ export class FsBlobStore implements BlobStore {
         return { created: false };
       throw error;
     }
-    const hash = createHash("sha256");
-    for await (const chunk of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })) hash.update(chunk as Buffer);
-    const actual = hash.digest("hex");
+    // The chunks were hashed in order as they were written; without that (a restart, chunks
+    // written by another replica) read the file back.
+    let actual = received?.sha256;
+    if (actual === undefined) {
+      const hash = createHash("sha256");
+      for await (const chunk of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 }))
+        hash.update(chunk as Buffer);
+      actual = hash.digest("hex");
+    }
     if (size !== expected.size || actual !== expected.sha256) {
       await rm(path, { force: true });
       throw new NearhubError(
@@ -100,19 +158,13 @@ export class FsBlobStore implements BlobStore {
         `the assembled upload has sha256 ${actual} and ${size} bytes, not the declared ${expected.sha256} and ${expected.size}; nothing was stored and the session is discarded`,
       );
     }
-    if (await this.stat(expected.sha256)) {
-      await rm(path, { force: true });
-      return { created: false };
-    }
-    await mkdir(join(target, ".."), { recursive: true });
     try {
-      await rename(path, target);
+      return await this.publish(path, target);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === "ENOENT" && (await this.stat(expected.sha256)))
         return { created: false };
       throw error;
     }
-    return { created: true };
   }
 
   async abortChunked(handle: ChunkedHandle): Promise<void> {
@@ -163,6 +215,7 @@ export class FsBlobStore implements BlobStore {
     chunks: AsyncIterable<Uint8Array>,
     signal?: AbortSignal,
   ): Promise<{ created: boolean }> {
+    if (expected.size <= SMALL_BLOB) return this.putSmall(expected, chunks, signal);
     const tmp = join(this.root, "tmp", randomUUID());
     const hash = createHash("sha256");
     const file = await open(tmp, "wx");
@@ -196,13 +249,7 @@ export class FsBlobStore implements BlobStore {
       await file.sync();
       await file.close();
       const target = this.pathOf(expected.sha256);
-      if (await this.stat(expected.sha256)) {
-        await rm(tmp, { force: true });
-        return { created: false };
-      }
-      await mkdir(join(target, ".."), { recursive: true });
-      await rename(tmp, target);
-      return { created: true };
+      return await this.publish(tmp, target);
     } catch (error) {
       await file.close().catch(() => undefined);
       await rm(tmp, { force: true });
@@ -210,7 +257,80 @@ export class FsBlobStore implements BlobStore {
     }
   }
 
+  /**
+   * A small blob is received whole and verified before the disk sees it, so a refused one
+   * costs no I/O and a stored one six thread-pool calls: open, write, fdatasync, close, link,
+   * unlink (no lookup first: the link finds an existing blob).
+   */
+  private async putSmall(
+    expected: BlobStat,
+    chunks: AsyncIterable<Uint8Array>,
+    signal?: AbortSignal,
+  ): Promise<{ created: boolean }> {
+    const hash = createHash("sha256");
+    const parts: Uint8Array[] = [];
+    let size = 0;
+    for await (const chunk of chunks) {
+      signal?.throwIfAborted();
+      size += chunk.byteLength;
+      if (size > expected.size) {
+        throw new NearhubError(
+          Code.InvalidArgument,
+          `upload is larger than the declared ${expected.size} bytes; nothing was stored`,
+        );
+      }
+      hash.update(chunk);
+      parts.push(chunk);
+    }
+    if (size !== expected.size) {
+      throw new NearhubError(
+        Code.InvalidArgument,
+        `upload has ${size} bytes but declared ${expected.size}; nothing was stored`,
+      );
+    }
+    const actual = hash.digest("hex");
+    if (actual !== expected.sha256) {
+      throw new NearhubError(
+        Code.InvalidArgument,
+        `sha256 mismatch: declared ${expected.sha256}, received ${actual}; nothing was stored`,
+      );
+    }
+    const tmp = join(this.root, "tmp", randomUUID());
+    const file = await open(tmp, "wx");
+    try {
+      try {
+        const bytes = parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
+        for (let written = 0; written < size;) {
+          written += (await file.write(bytes, written, size - written, written)).bytesWritten;
+        }
+        // Durable before it becomes visible, and before the call answers.
+        await file.datasync();
+      } finally {
+        await file.close();
+      }
+      return await this.publish(tmp, this.pathOf(expected.sha256));
+    } catch (error) {
+      await rm(tmp, { force: true });
+      throw error;
+    }
+  }
+
   async *get(sha256: string, offset: number, length: number | undefined): AsyncIterable<Uint8Array> {
+    if (length !== undefined && length <= SMALL_BLOB) {
+      // One read instead of a stream: three thread-pool calls rather than four or more.
+      const file = await open(this.pathOf(sha256), "r");
+      const buffer = Buffer.allocUnsafe(length);
+      let read = 0;
+      try {
+        for (let n = -1; read < length && n !== 0; read += n) {
+          n = (await file.read(buffer, read, length - read, offset + read)).bytesRead;
+        }
+      } finally {
+        await file.close();
+      }
+      if (read > 0) yield buffer.subarray(0, read);
+      return;
+    }
     const end = length === undefined ? undefined : offset + length - 1;
     const stream = createReadStream(this.pathOf(sha256), {
       start: offset,

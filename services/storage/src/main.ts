@@ -1,3 +1,4 @@
+import "./threadpool.js";
 import { runServiceMain } from "@nearhub/platform";
 import { storageEnv } from "./config.js";
 import { startStorage } from "./service.js";

@@ -84,6 +84,11 @@ function checkRepo(repo: RepoId | undefined): { kind: RepoKind; id: string; key:
   return { kind: repo.kind, id: repo.id, key: `${kind}.${b64(repo.id)}`, label: `${kind} ${repo.id}` };
 }
 
+/** The RBAC resource of a repo: `models/acme/bert`, `datasets/squad`. */
+function resourceOf(repo: { kind: RepoKind; id: string }): string {
+  return `${KIND_KEY[repo.kind] ?? "model"}s/${repo.id}`;
+}
+
 function checkCommit(commit: string, what: string): string {
   if (!COMMIT.test(commit)) {
     throw invalid(`${what} ${JSON.stringify(commit.slice(0, 80))} must be a commit id: 40 lower-case hex characters`);
@@ -255,6 +260,7 @@ export class Registry {
     return {
       putRevision: async (request, ctx) => {
         const repo = checkRepo(request.repo);
+        await ctx.authorize("write", resourceOf(repo));
         const input = request.revision;
         if (!input) throw invalid("revision is required");
         if (input.commit !== "") checkCommit(input.commit, "revision.commit");
@@ -414,8 +420,9 @@ export class Registry {
         return { revision: summary(record), created, ...(ref ? { ref } : {}) };
       },
 
-      getRevision: async (request) => {
+      getRevision: async (request, ctx) => {
         const repo = checkRepo(request.repo);
+        await ctx.authorize("read", resourceOf(repo));
         if (request.revision.length > 256) throw invalid("revision is longer than 256 characters");
         const commit = await this.resolve(repo, request.revision);
         const record = await this.readRevision(repo.key, commit);
@@ -423,14 +430,15 @@ export class Registry {
         return { revision: await this.manifest(record), manifestSha256: record.manifestSha256 };
       },
 
-      getRepo: async (request) => {
+      getRepo: async (request, ctx) => {
         const repo = checkRepo(request.repo);
+        await ctx.authorize("read", resourceOf(repo));
         const r = await this.readRepo(repo.key);
         if (!r) throw new NearhubError(Code.NotFound, `${repo.label} does not exist`);
         return { repo: repoMessage(r.record) };
       },
 
-      listRepos: async (request) => {
+      listRepos: async (request, ctx) => {
         const size = pageSize(request.pageSize);
         const kind = request.kind === RepoKind.UNSPECIFIED ? undefined : KIND_KEY[request.kind];
         if (request.kind !== RepoKind.UNSPECIFIED && !kind) throw invalid("kind must be a RepoKind value");
@@ -445,6 +453,8 @@ export class Registry {
           if (!k1 || !k2) continue;
           const id = Buffer.from(k2, "base64url").toString("utf8");
           if (!id.startsWith(request.prefix)) continue;
+          // Only what the caller may read (`model/…` keys are `models/…` resources).
+          if (!ctx.can("read", `${k1}s/${id}`)) continue;
           const sortKey = `${k1}/${id}`;
           if (sortKey > after) found.push({ sortKey, key: `${k1}.${k2}` });
         }
@@ -462,8 +472,9 @@ export class Registry {
         };
       },
 
-      listRevisions: async (request) => {
+      listRevisions: async (request, ctx) => {
         const repo = checkRepo(request.repo);
+        await ctx.authorize("read", resourceOf(repo));
         const size = pageSize(request.pageSize);
         let commit =
           request.pageToken !== ""
@@ -482,6 +493,7 @@ export class Registry {
 
       updateRef: async (request, ctx) => {
         const repo = checkRepo(request.repo);
+        await ctx.authorize("write", resourceOf(repo));
         const key = refKey(request.kind, checkRefName(request.name));
         if (request.newCommit !== "") {
           checkCommit(request.newCommit, "new_commit");
@@ -529,6 +541,7 @@ export class Registry {
 
       deleteRepo: async (request, ctx) => {
         const repo = checkRepo(request.repo);
+        await ctx.authorize("delete", resourceOf(repo));
         const r = await this.readRepo(repo.key);
         const revKeys: string[] = [];
         for await (const k of await this.kv.keys(`rev.${repo.key}.*`)) revKeys.push(k);

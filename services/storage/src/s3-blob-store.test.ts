@@ -5,6 +5,7 @@ import { createServer } from "node:net";
 import { Code, NearhubError, createClient, parseEnv, type ServiceHost } from "@nearhub/platform";
 import { StorageService } from "@nearhub/proto/storage";
 import {
+  adminAuth,
   deleteNamespace,
   dockerAvailable,
   nats,
@@ -408,7 +409,10 @@ describe("S3BlobStore against a real S3 protocol server", () => {
     });
 
     test("PutBlob, HasBlobs, StatBlob and GetBlob go through the bucket", async () => {
-      const client = createClient(StorageService, `127.0.0.1:${host.grpcPort}`, { maxMessageBytes: 16 * MiB });
+      const client = createClient(StorageService, `127.0.0.1:${host.grpcPort}`, {
+        maxMessageBytes: 16 * MiB,
+        metadata: adminAuth(ns),
+      });
       try {
         const bytes = randomBytes(6 * MiB + 3);
         const sha = sha256(bytes);
@@ -441,7 +445,7 @@ describe("S3BlobStore against a real S3 protocol server", () => {
     });
 
     test("a PutBlob whose bytes do not match its header is refused and stores nothing", async () => {
-      const client = createClient(StorageService, `127.0.0.1:${host.grpcPort}`);
+      const client = createClient(StorageService, `127.0.0.1:${host.grpcPort}`, { metadata: adminAuth(ns) });
       try {
         const bytes = randomBytes(1000);
         const declared = sha256(Buffer.from("other"));

@@ -52,6 +52,7 @@ export async function startStorage(
         logger: logger.child({ component: "upload-sessions" }),
         registry: host.metrics.registry,
       });
+      host.onStop(() => sessions.close());
       host.serve(StorageService, storageApi(store, host.bus, sessions));
       const registry = new Registry(await host.bus.kv(host.names.bucket("registry")), store);
       host.serve(RegistryService, registry.api(host.bus));

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
-import { readdir, writeFile } from "node:fs/promises";
+import { readFile, readdir, writeFile } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -11,6 +11,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { Client as MinioClient } from "minio";
 import { connect } from "@nats-io/transport-node";
 import {
+  adminAuth,
   deleteNamespace,
   eventually,
   nats,
@@ -116,10 +117,11 @@ for (const backend of backends) {
       env = serviceEnv(natsUrl, ns, dir.path, await backend.env(s3h));
       host = await startStorage(parseEnv("storage", storageEnv, env));
       client = createClient(StorageService, `127.0.0.1:${host.grpcPort}`, {
+        metadata: adminAuth(ns),
         maxMessageBytes: 16 * MiB,
         timeoutMs: 60_000,
       });
-      registry = createClient(RegistryService, `127.0.0.1:${host.grpcPort}`);
+      registry = createClient(RegistryService, `127.0.0.1:${host.grpcPort}`, { metadata: adminAuth(ns) });
     });
 
     after(async () => {
@@ -337,6 +339,131 @@ for (const backend of backends) {
       );
       await rejectsWith(client.statBlob({ sha256: declared }), Code.NotFound, /is not stored/);
       await rejectsWith(client.getUploadStatus({ sessionId: id }), Code.NotFound, /does not exist/);
+    });
+
+    test("completion verifies by reading back when this process did not hash every chunk in order", async () => {
+      // A second replica on the same backend and namespace takes the chunks; this one completes.
+      const other = await startStorage(parseEnv("storage", storageEnv, env));
+      const viaOther = createClient(StorageService, `127.0.0.1:${other.grpcPort}`, {
+        metadata: adminAuth(ns),
+        maxMessageBytes: 16 * MiB,
+        timeoutMs: 60_000,
+      });
+      try {
+        const bytes = randomBytes(2 * 5 * MiB + 3);
+        const sha = sha256(bytes);
+        const chunk = (i: number) => bytes.subarray(i * 5 * MiB, Math.min((i + 1) * 5 * MiB, bytes.length));
+        const { session } = await client.startUpload({
+          sha256: sha,
+          size: BigInt(bytes.length),
+          chunkSize: BigInt(5 * MiB),
+        });
+        const id = session!.sessionId;
+        await viaOther.uploadChunk(chunkRequests(id, 0, chunk(0)));
+        await client.uploadChunk(chunkRequests(id, 1, chunk(1)));
+        await viaOther.uploadChunk(chunkRequests(id, 2, chunk(2)));
+        assert.equal((await client.completeUpload({ sessionId: id })).created, true);
+        assert.equal(sha256(await read(client, sha)), sha);
+
+        // The same through the read-back path when the whole does not match: refused, nothing visible.
+        const wrong = sha256(Buffer.from("not these bytes"));
+        const started = await client.startUpload({
+          sha256: wrong,
+          size: BigInt(bytes.length),
+          chunkSize: BigInt(5 * MiB),
+        });
+        const wrongId = started.session!.sessionId;
+        for (const i of [0, 1, 2]) await (i === 1 ? client : viaOther).uploadChunk(chunkRequests(wrongId, i, chunk(i)));
+        await rejectsWith(
+          client.completeUpload({ sessionId: wrongId }),
+          Code.InvalidArgument,
+          /the assembled upload has sha256 [0-9a-f]{64} and 10485763 bytes, not the declared/,
+        );
+        await rejectsWith(client.statBlob({ sha256: wrong }), Code.NotFound, /is not stored/);
+      } finally {
+        viaOther.$close();
+        await other.stop();
+      }
+    });
+
+    test("a chunk stored again with other bytes after being hashed is verified as finally stored", async () => {
+      const bytes = randomBytes(2 * 5 * MiB + 9);
+      const sha = sha256(bytes);
+      const chunk = (i: number) => bytes.subarray(i * 5 * MiB, Math.min((i + 1) * 5 * MiB, bytes.length));
+      const { session } = await client.startUpload({
+        sha256: sha,
+        size: BigInt(bytes.length),
+        chunkSize: BigInt(5 * MiB),
+      });
+      const id = session!.sessionId;
+      // Chunk 0 first with other (self-consistent) bytes, as a client whose file changed would.
+      const stale = randomBytes(5 * MiB);
+      assert.equal((await client.uploadChunk(chunkRequests(id, 0, stale))).stored, true);
+      await client.uploadChunk(chunkRequests(id, 1, chunk(1)));
+      // Then the right bytes: stored over the stale ones (a different digest is not a duplicate).
+      assert.equal((await client.uploadChunk(chunkRequests(id, 0, chunk(0)))).stored, true);
+      await client.uploadChunk(chunkRequests(id, 2, chunk(2)));
+      assert.equal((await client.completeUpload({ sessionId: id })).created, true);
+      assert.equal(sha256(await read(client, sha)), sha);
+    });
+
+    test("64 concurrent small PutBlobs, each sent twice at once, are all stored once, durable and readable", async () => {
+      const storedEvents = async () => {
+        const nc = await connect({ servers: natsUrl });
+        try {
+          const jsm = await jetstreamManager(nc);
+          const info = await jsm.streams.info(`${ns.toUpperCase()}_EVENTS`, { subjects_filter: ">" });
+          const subjects = info.state.subjects ?? {};
+          return Object.entries(subjects)
+            .filter(([k]) => k.endsWith("storage.blob.stored"))
+            .reduce((n, [, v]) => n + v, 0);
+        } finally {
+          await nc.close();
+        }
+      };
+      const before = await storedEvents();
+      const blobs = Array.from({ length: 64 }, (_, i) => randomBytes(4096 + i));
+      const putOne = async (bytes: Buffer) =>
+        client.putBlob(
+          (async function* () {
+            yield { part: { case: "header" as const, value: { sha256: sha256(bytes), size: BigInt(bytes.length) } } };
+            if (bytes.length > 0) yield { part: { case: "chunk" as const, value: bytes } };
+          })(),
+        );
+      const answers = await Promise.all(blobs.flatMap((b) => [putOne(b), putOne(b)]));
+      for (let i = 0; i < blobs.length; i++) {
+        const pair = [answers[2 * i]!, answers[2 * i + 1]!];
+        assert.equal(pair.filter((a) => a.created).length, 1, `blob ${i} created exactly once`);
+        assert.equal(sha256(await read(client, sha256(blobs[i]!))), sha256(blobs[i]!));
+      }
+      // A repeat later is idempotent.
+      assert.equal((await putOne(blobs[5]!)).created, false);
+      if (backend.name === "fs") {
+        // At their content address, nothing left in tmp/.
+        for (const b of blobs.slice(0, 8)) {
+          const h = sha256(b);
+          assert.equal(
+            (await readFile(join(dir.path, "blobs", "sha256", h.slice(0, 2), h.slice(2, 4), h))).length,
+            b.length,
+          );
+        }
+        assert.deepEqual(await readdir(join(dir.path, "blobs", "tmp")), []);
+      }
+      // Each new blob announced once (the event id dedupes the pair).
+      await eventually(async () => ((await storedEvents()) - before === 64 ? true : undefined), 10_000, "64 events");
+      // Refused small uploads store nothing.
+      const bytes = randomBytes(4096);
+      await rejectsWith(
+        client.putBlob(
+          (async function* () {
+            yield { part: { case: "header" as const, value: { sha256: sha256(Buffer.from("x")), size: 4096n } } };
+            yield { part: { case: "chunk" as const, value: bytes } };
+          })(),
+        ),
+        Code.InvalidArgument,
+        /sha256 mismatch: declared [0-9a-f]{64}, received [0-9a-f]{64}; nothing was stored/,
+      );
+      await rejectsWith(client.statBlob({ sha256: sha256(bytes) }), Code.NotFound, /is not stored/);
     });
 
     test("PresignGet hands out a working URL on S3 and says why not on a folder", async () => {

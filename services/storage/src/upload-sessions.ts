@@ -1,4 +1,4 @@
-import { createHash, randomUUID } from "node:crypto";
+import { randomUUID } from "node:crypto";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { KV } from "@nats-io/kv";
@@ -6,6 +6,7 @@ import { Code, NearhubError, type Logger } from "@nearhub/platform";
 import type { UploadSessionSchema } from "@nearhub/proto/storage";
 import { Counter, type Registry as PromRegistry } from "prom-client";
 import { SHA256, type BlobStore, type ChunkPart, type ChunkedHandle } from "./blob-store.js";
+import { HashWorker, sharedBuffer } from "./hash-worker.js";
 
 export const MIB = 1024 * 1024;
 /** The default chunk size. */
@@ -17,6 +18,14 @@ export const MAX_CHUNK_SIZE = 512 * MIB;
 const MAX_CHUNKS = 10_000;
 /** Chunk bytes held in memory at once across all UploadChunk calls of this process. */
 const DEFAULT_MEMORY_BUDGET = 1024 * MIB;
+/**
+ * Stored chunks kept in memory, per process, while waiting for an earlier chunk of their session
+ * so the whole-blob hash can take them in order (parallel clients finish chunks out of order).
+ */
+const DEFAULT_HASH_AHEAD = 256 * MIB;
+/** Idle chunk buffers kept for reuse. */
+const POOL_IDLE_BYTES = 256 * MIB;
+const POOL_IDLE_MS = 10_000;
 
 /** `s.<id>` in the `upload-sessions` bucket. */
 interface SessionRecord {
@@ -53,7 +62,63 @@ export interface UploadSessionsOptions {
   logger: Logger;
   /** Chunk bytes buffered at once in this process (1 GiB by default); more is RESOURCE_EXHAUSTED. */
   memoryBudget?: number;
+  /** Stored chunks held for the in-order whole-blob hash (256 MiB by default; 0 turns it off). */
+  hashAheadBytes?: number;
   registry?: PromRegistry;
+}
+
+/**
+ * Chunk buffers for reuse: a fresh 64 MiB allocation per chunk costs page faults and garbage
+ * collection on every chunk. Idle buffers beyond {@link POOL_IDLE_BYTES}, or idle for
+ * {@link POOL_IDLE_MS}, are let go.
+ */
+class BufferPool {
+  private free: Buffer[] = [];
+  private timer: NodeJS.Timeout | undefined;
+
+  /** A buffer of exactly `size` bytes (a view of a pooled one when it fits). */
+  take(size: number): Buffer {
+    const i = this.free.findIndex((b) => b.byteLength >= size && b.byteLength <= 2 * size);
+    // Shared memory: the hash worker reads the chunk in place.
+    if (i < 0) return sharedBuffer(size);
+    const [buffer] = this.free.splice(i, 1);
+    return buffer!.subarray(0, size);
+  }
+
+  give(view: Buffer): void {
+    if (view.byteLength < MIB) return;
+    const whole = Buffer.from(view.buffer, 0, view.buffer.byteLength);
+    let idle = whole.byteLength;
+    for (const b of this.free) idle += b.byteLength;
+    if (idle > POOL_IDLE_BYTES) return;
+    this.free.push(whole);
+    this.timer?.refresh();
+    this.timer ??= setTimeout(() => {
+      this.free = [];
+      this.timer = undefined;
+    }, POOL_IDLE_MS).unref();
+  }
+}
+
+/**
+ * The sha256 of a session's blob, fed with each chunk's verified bytes in index order as the
+ * chunks are stored, so completion need not read the blob back. Chunks stored ahead of the
+ * next one wait in memory (bounded); a session whose chunks came partly through another
+ * process (or before a restart) has none, and completion reads the blob back.
+ */
+interface WholeHash {
+  /** Its key on the hash worker. */
+  key: string;
+  /** The worker thread holding it; `lost` once a chunk went to another (the first one died). */
+  generation: number;
+  lost?: boolean;
+  /** The next chunk index the hash takes. */
+  next: number;
+  /** Per hashed chunk, the digest and etag it was stored with (checked against the KV at completion). */
+  hashed: Array<{ sha256: string; etag: string }>;
+  ahead: Map<number, { bytes: Buffer; sha256: string; etag: string }>;
+  /** When a chunk was last fed (a session completed by another replica is forgotten after the TTL). */
+  touched: number;
 }
 
 /**
@@ -68,6 +133,12 @@ export class UploadSessions {
   readonly bytes: Counter;
   readonly sessions: Counter<"outcome">;
   private buffered = 0;
+  private readonly pool = new BufferPool();
+  /** In-order whole-blob hashes by session id; `null` once a session cannot have one. */
+  private readonly wholeHashes = new Map<string, WholeHash | null>();
+  private aheadBytes = 0;
+  private readonly hasher = new HashWorker();
+  private hashKeys = 0;
   /** Chunk writes and completions in progress in this process, by key (see `exclusive`). */
   private readonly writing = new Map<string, Promise<void>>();
 
@@ -307,10 +378,32 @@ export class UploadSessions {
     pieces: AsyncIterable<Uint8Array>,
     signal: AbortSignal,
   ): Promise<{ stored: boolean; receivedCount: number }> {
+    const buffer = duplicate ? undefined : this.pool.take(expected);
+    // Hashed on the worker as the pieces land (under `key`), while this thread takes the next.
+    const key = `chunk.${this.hashKeys++}`;
+    // kept: the whole-blob hash holds the buffer; digested: the worker let go of `key`.
+    const state = { kept: false, digested: false };
+    try {
+      return await this.fill(record, index, chunkSha256, expected, buffer, pieces, signal, key, state);
+    } finally {
+      if (!state.digested) this.hasher.drop(key);
+      if (buffer && !state.kept) this.pool.give(buffer);
+    }
+  }
+
+  private async fill(
+    record: SessionRecord,
+    index: number,
+    chunkSha256: string,
+    expected: number,
+    buffer: Buffer | undefined,
+    pieces: AsyncIterable<Uint8Array>,
+    signal: AbortSignal,
+    key: string,
+    state: { kept: boolean; digested: boolean },
+  ): Promise<{ stored: boolean; receivedCount: number }> {
     const id = record.id;
     const offset = index * record.chunkSize;
-    const buffer = duplicate ? undefined : Buffer.allocUnsafe(expected);
-    const hash = createHash("sha256");
     let received = 0;
     for await (const piece of pieces) {
       signal.throwIfAborted();
@@ -323,7 +416,7 @@ export class UploadSessions {
       }
       if (buffer) {
         buffer.set(piece, received);
-        hash.update(piece);
+        this.hasher.update(key, buffer.subarray(received, received + piece.byteLength));
       }
       received += piece.byteLength;
     }
@@ -338,7 +431,8 @@ export class UploadSessions {
       this.chunks.inc({ result: "duplicate" });
       return { stored: false, receivedCount: record.completed ? record.chunkCount : (await this.received(id)).size };
     }
-    const actual = hash.digest("hex");
+    const actual = await this.hasher.digest(key);
+    state.digested = true;
     if (actual !== chunkSha256) {
       this.chunks.inc({ result: "rejected" });
       throw new NearhubError(
@@ -348,7 +442,7 @@ export class UploadSessions {
     }
     let etag: string;
     try {
-      ({ etag } = await this.store.writeChunk(record.handle, index, offset, buffer));
+      ({ etag } = await this.store.writeChunk(record.handle, index, offset, buffer, actual));
     } catch (error) {
       // Another client sharing the session completed it while this chunk was in flight.
       if (NearhubError.from(error).code === Code.NotFound && (await this.store.stat(record.sha256))) {
@@ -359,9 +453,103 @@ export class UploadSessions {
     }
     const chunk: ChunkRecord = { sha256: actual, size: expected, etag, at: Date.now() };
     await this.kv.put(`c.${id}.${index}`, JSON.stringify(chunk));
+    state.kept = this.feedWholeHash(record, index, buffer, actual, etag);
     this.chunks.inc({ result: "stored" });
     this.bytes.inc(expected);
     return { stored: true, receivedCount: (await this.received(id)).size };
+  }
+
+  /**
+   * Feeds a stored chunk to its session's in-order whole-blob hash; true when the hash took
+   * `bytes` (kept for later, or being hashed): it returns them to the pool itself.
+   */
+  private feedWholeHash(record: SessionRecord, index: number, bytes: Buffer, sha256: string, etag: string): boolean {
+    const limit = this.options.hashAheadBytes ?? DEFAULT_HASH_AHEAD;
+    let whole = this.wholeHashes.get(record.id);
+    if (whole === null || limit <= 0) return false;
+    if (whole === undefined) {
+      whole = { key: `whole.${record.id}`, generation: 0, next: 0, hashed: [], ahead: new Map(), touched: 0 };
+      this.wholeHashes.set(record.id, whole);
+    }
+    whole.touched = Date.now();
+    if (index < whole.next) {
+      // Stored again: the same bytes leave the hash valid, other bytes spoil it.
+      if (whole.hashed[index]?.sha256 !== sha256 || whole.hashed[index]?.etag !== etag) this.dropWholeHash(record.id);
+      return false;
+    }
+    if (index > whole.next) {
+      const replaced = whole.ahead.get(index);
+      if (replaced) {
+        whole.ahead.delete(index);
+        this.aheadBytes -= replaced.bytes.byteLength;
+        this.pool.give(replaced.bytes);
+      }
+      if (this.aheadBytes + bytes.byteLength > limit) {
+        // Too far ahead (or the earlier chunks were stored elsewhere): completion reads back.
+        this.dropWholeHash(record.id);
+        return false;
+      }
+      whole.ahead.set(index, { bytes, sha256, etag });
+      this.aheadBytes += bytes.byteLength;
+      return true;
+    }
+    // In order: this chunk and any waiting behind it go to the worker, and back to the pool
+    // once hashed.
+    const hashing: Buffer[] = [];
+    const take = (b: Buffer, sha: string, tag: string) => {
+      const generation = this.hasher.update(whole.key, b);
+      if (whole.next === 0) whole.generation = generation;
+      else if (generation !== whole.generation) whole.lost = true;
+      whole.hashed[whole.next] = { sha256: sha, etag: tag };
+      whole.next++;
+      hashing.push(b);
+    };
+    take(bytes, sha256, etag);
+    for (let next = whole.ahead.get(whole.next); next; next = whole.ahead.get(whole.next)) {
+      whole.ahead.delete(whole.next);
+      this.aheadBytes -= next.bytes.byteLength;
+      take(next.bytes, next.sha256, next.etag);
+    }
+    this.hasher.settled().then(
+      () => hashing.forEach((b) => this.pool.give(b)),
+      () => undefined,
+    );
+    return true;
+  }
+
+  /** Forgets a session's whole-blob hash; `forever` when the session is gone. */
+  private dropWholeHash(id: string, forever = false): void {
+    const whole = this.wholeHashes.get(id);
+    if (whole) {
+      this.hasher.drop(whole.key);
+      for (const { bytes } of whole.ahead.values()) {
+        this.aheadBytes -= bytes.byteLength;
+        this.pool.give(bytes);
+      }
+    }
+    if (forever) this.wholeHashes.delete(id);
+    else this.wholeHashes.set(id, null);
+  }
+
+  /**
+   * The sha256 of all of a session's chunks when this process hashed every one of them, in
+   * order, with exactly the digests and etags the KV records: the bytes the backend assembles.
+   */
+  private async receivedDigest(record: SessionRecord, chunks: Map<number, ChunkRecord>): Promise<string | undefined> {
+    const whole = this.wholeHashes.get(record.id);
+    if (!whole || whole.lost || whole.next !== record.chunkCount) return undefined;
+    for (let i = 0; i < record.chunkCount; i++) {
+      const c = chunks.get(i);
+      if (!c || c.sha256 !== whole.hashed[i]?.sha256 || c.etag !== whole.hashed[i]?.etag) return undefined;
+    }
+    try {
+      // A peek leaves the hash for a retried completion.
+      const digest = await this.hasher.peek(whole.key);
+      // The thread that hashed the chunks must be the one that answered.
+      return this.hasher.current === whole.generation ? digest : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   /** Verifies and commits; answers a repeated call on a completed session from its record. */
@@ -387,10 +575,12 @@ export class UploadSessions {
     const parts: ChunkPart[] = [...chunks.entries()].map(([index, c]) => ({ index, etag: c.etag, size: c.size }));
     let created: boolean;
     try {
+      const digest = await this.receivedDigest(record, chunks);
       ({ created } = await this.store.completeChunked(
         record.handle,
         { sha256: record.sha256, size: record.size },
         parts,
+        ...(digest ? [{ sha256: digest }] : []),
       ));
     } catch (error) {
       const e = NearhubError.from(error);
@@ -405,6 +595,7 @@ export class UploadSessions {
       .update(`s.${id}`, JSON.stringify({ ...record, completed: { created } }), found.revision)
       .catch(() => undefined);
     await this.dropChunksAndIndex(record);
+    this.dropWholeHash(id, true);
     this.sessions.inc({ outcome: "completed" });
     return { record, created };
   }
@@ -430,6 +621,7 @@ export class UploadSessions {
 
   /** Removes the session, its chunks and its backend parts (best effort). */
   private async discard(record: SessionRecord): Promise<void> {
+    this.dropWholeHash(record.id, true);
     if (!record.completed) await this.store.abortChunked(record.handle);
     await this.dropChunksAndIndex(record);
     await this.kv.purge(`s.${record.id}`);
@@ -437,6 +629,9 @@ export class UploadSessions {
 
   /** Removes sessions idle for longer than the TTL; returns how many. */
   async sweep(now = Date.now()): Promise<number> {
+    for (const [id, whole] of this.wholeHashes) {
+      if (!whole || now - whole.touched >= this.options.ttlMs) this.dropWholeHash(id, true);
+    }
     const ids: string[] = [];
     for await (const k of await this.kv.keys("s.*")) ids.push(k.slice(2));
     let removed = 0;
@@ -456,6 +651,11 @@ export class UploadSessions {
     }
     if (removed > 0) this.options.logger.info("removed expired upload sessions", { count: removed });
     return removed;
+  }
+
+  /** Stops the hash worker (the service is stopping). */
+  async close(): Promise<void> {
+    await this.hasher.close();
   }
 
   /** Ids of sessions that are open (not completed): uploads in flight, for garbage collection. */

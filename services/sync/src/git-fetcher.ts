@@ -14,6 +14,8 @@ import {
   type RepoLayout,
 } from "./git-repo.js";
 import { runGit, type GitResult, type RunGitOptions } from "./git-runner.js";
+import type { LfsMirror, LfsPointer } from "./lfs-mirror.js";
+import { parseUpstreamRefs, type UpstreamRefs } from "./pending-refs.js";
 
 /** How a fetcher reaches upstreams and how long it lets git run. */
 export interface FetcherOptions {
@@ -28,6 +30,8 @@ export interface FetcherOptions {
   /** Abort a transfer slower than this many bytes/s for `lowSpeedTimeS`. */
   lowSpeedLimit: number;
   lowSpeedTimeS: number;
+  /** LFS support for mirrors added with `--lfs`; without it their LFS pointers are served as they are. */
+  lfs?: LfsMirror;
 }
 
 /** One changed ref. */
@@ -57,6 +61,8 @@ export interface MirrorSpec {
   repo: string;
   /** `heads,tags`, `heads`, `tags` or `all`. */
   refs: string;
+  /** Fetch the LFS objects the mirrored commits point to. */
+  lfs?: boolean;
 }
 
 const SHA = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
@@ -149,6 +155,16 @@ export class GitFetcher {
     return parseLsRemote(stdout, spec.refs);
   }
 
+  /** The upstream's refs in the mirror's selection, HEAD and peeled tags included (v2 ls-refs before a first sync). */
+  async upstreamRefs(spec: MirrorSpec, signal?: AbortSignal): Promise<UpstreamRefs> {
+    const { stdout } = await this.git(spec, ["ls-remote", "--symref", this.upstreamUrl(spec)], {
+      timeoutMs: this.options.lsRemoteTimeoutMs,
+      maxStdoutBytes: 512 * 1024 * 1024,
+      ...(signal ? { signal } : {}),
+    });
+    return parseUpstreamRefs(stdout, (ref) => selected(ref, spec.refs));
+  }
+
   private async defaultBranch(spec: MirrorSpec, signal?: AbortSignal): Promise<string | undefined> {
     const { stdout } = await this.git(spec, ["ls-remote", "--symref", this.upstreamUrl(spec), "HEAD"], {
       timeoutMs: this.options.lsRemoteTimeoutMs,
@@ -169,7 +185,15 @@ export class GitFetcher {
     const servedHeads = new Map([...served].filter(([ref]) => !ref.startsWith(ARCHIVE_PREFIX)));
     const remote = await this.lsRemote(spec, opts.signal);
     if (exists && sameRefs(remote.refs, servedHeads)) {
-      return { noop: true, changes: [], bytesFetched: 0, refCount: servedHeads.size, sizeBytes: -1, firstClone: false };
+      let bytesFetched = 0;
+      const lfs = this.options.lfs;
+      if (spec.lfs && lfs && !lfs.hasIndex(repo)) {
+        // LFS was switched on for a mirror synced without it: its whole history is scanned once.
+        const pointers = await lfs.scan(repo, [...new Set(servedHeads.values())], [], this.options.fetchTimeoutMs);
+        bytesFetched = (await lfs.fetch(spec.upstream, this.upstreamUrl(spec), pointers, opts.signal)).bytes;
+        await lfs.record(repo, pointers);
+      }
+      return { noop: true, changes: [], bytesFetched, refCount: servedHeads.size, sizeBytes: -1, firstClone: false };
     }
 
     const staging = layout.stagingPath();
@@ -225,8 +249,19 @@ export class GitFetcher {
         (await this.defaultBranch(spec, opts.signal).catch(() => undefined)) ??
         [...fetched.keys()].find((r) => r.startsWith("refs/heads/"));
 
+      // LFS objects are fetched and verified before any ref moves: a failure leaves the served refs as they were.
+      let lfsPointers: LfsPointer[] | undefined;
+      let lfsBytes = 0;
+      const lfs = this.options.lfs;
+      if (spec.lfs && lfs) {
+        const exclude = exists && lfs.hasIndex(repo) ? [...new Set(servedHeads.values())] : [];
+        lfsPointers = await lfs.scan(staging, [...new Set(fetched.values())], exclude, this.options.fetchTimeoutMs);
+        lfsBytes = (await lfs.fetch(spec.upstream, this.upstreamUrl(spec), lfsPointers, opts.signal)).bytes;
+      }
+
       if (!exists) {
-        const bytes = await diskUsage(join(staging, "objects"));
+        const bytes = (await diskUsage(join(staging, "objects"))) + lfsBytes;
+        if (lfs && lfsPointers) await lfs.record(staging, lfsPointers);
         await writeRefs(staging, fetched);
         await rm(join(staging, "refs"), { recursive: true, force: true });
         await mkdir(join(staging, "refs", "heads"), { recursive: true });
@@ -244,7 +279,8 @@ export class GitFetcher {
         };
       }
 
-      const bytesFetched = await adoptObjects(staging, repo);
+      const bytesFetched = (await adoptObjects(staging, repo)) + lfsBytes;
+      if (lfs && lfsPointers) await lfs.record(repo, lfsPointers);
       const changes: RefChangeResult[] = [];
       for (const [ref, newSha] of fetched) {
         const oldSha = servedHeads.get(ref);

@@ -39,7 +39,13 @@ const MAX_PATTERNS = 64;
 
 const invalid = (message: string) => new NearhubError(Code.InvalidArgument, message);
 
-function checkRepo(repo: RepoId | undefined): { kind: RepoKind; id: string; key: string; label: string } {
+function checkRepo(repo: RepoId | undefined): {
+  kind: RepoKind;
+  id: string;
+  key: string;
+  label: string;
+  resource: string;
+} {
   if (!repo || !PLURAL[repo.kind]) throw invalid("repo must be {kind: REPO_KIND_MODEL|DATASET|SPACE, id: owner/name}");
   const parts = repo.id.split("/");
   if (repo.id === "" || parts.length > 2 || parts.some((p) => !PART.test(p) || p.includes("..") || p.includes("--"))) {
@@ -53,6 +59,8 @@ function checkRepo(repo: RepoId | undefined): { kind: RepoKind; id: string; key:
     id: repo.id,
     key: `${kind}.${Buffer.from(repo.id).toString("base64url")}`,
     label: `${kind} ${repo.id}`,
+    // The RBAC resource: `models/acme/bert`.
+    resource: `${PLURAL[repo.kind]}/${repo.id}`,
   };
 }
 
@@ -478,6 +486,7 @@ export class ModelMirrors {
     return {
       addModelMirror: async (request, ctx) => {
         const repo = checkRepo(request.repo);
+        await ctx.authorize("mirror", repo.resource);
         const revision = request.revision === "" ? "main" : request.revision;
         if (!REF.test(revision) || revision.includes("..")) {
           throw invalid(`revision ${JSON.stringify(revision.slice(0, 100))} must be a branch, tag or 40-hex commit`);
@@ -509,24 +518,27 @@ export class ModelMirrors {
         void this.tick().catch(() => undefined);
         return { mirror, created: !current };
       },
-      getModelMirror: async (request) => {
+      getModelMirror: async (request, ctx) => {
         const repo = checkRepo(request.repo);
+        await ctx.authorize("read", repo.resource);
         const r = await this.read(repo.key);
         if (!r) throw new NearhubError(Code.NotFound, `${repo.label} is not mirrored; add it with nearhub model add`);
         return { mirror: r.mirror };
       },
-      listModelMirrors: async () => {
+      listModelMirrors: async (_request, ctx) => {
         const mirrors: ModelMirror[] = [];
         const keys: string[] = [];
         for await (const k of await this.deps.kv.keys()) keys.push(k);
         for (const k of keys.sort()) {
           const r = await this.read(k);
-          if (r) mirrors.push(r.mirror);
+          if (r && ctx.can("read", `${PLURAL[r.mirror.repo?.kind ?? 0] ?? "models"}/${r.mirror.repo?.id ?? ""}`))
+            mirrors.push(r.mirror);
         }
         return { mirrors };
       },
       removeModelMirror: async (request, ctx) => {
         const repo = checkRepo(request.repo);
+        await ctx.authorize("delete", repo.resource);
         const existed = (await this.read(repo.key)) !== undefined;
         if (existed) {
           await this.deps.kv.delete(repo.key);
@@ -536,6 +548,7 @@ export class ModelMirrors {
       },
       syncModelMirror: async (request, ctx) => {
         const repo = checkRepo(request.repo);
+        await ctx.authorize("sync", repo.resource);
         if (!(await this.read(repo.key)))
           throw new NearhubError(Code.NotFound, `${repo.label} is not mirrored; add it with nearhub model add`);
         await audit(ctx, "model-mirror.sync", repo.label);

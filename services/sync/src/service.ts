@@ -3,6 +3,7 @@ import type { AddressInfo } from "node:net";
 import { nanos } from "@nats-io/nats-core";
 import { RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import {
+  IDENTITY_HEADER,
   ServiceHost,
   auditStream,
   closeHttp,
@@ -19,8 +20,10 @@ import type { SyncConfig } from "./config.js";
 import { GitFetcher } from "./git-fetcher.js";
 import { RepoLayout } from "./git-repo.js";
 import { createGitServer } from "./git-server.js";
+import { LfsMirror } from "./lfs-mirror.js";
 import { ModelMirrors } from "./hf-mirror.js";
 import { MirrorStore } from "./mirror-store.js";
+import { parseMirrorName } from "./mirror-name.js";
 import { Scheduler } from "./scheduler.js";
 import { StatusStore } from "./status-store.js";
 import { syncApi } from "./sync-api.js";
@@ -83,7 +86,22 @@ export async function startSync(config: SyncConfig, options: { logger?: Logger }
       const store = new MirrorStore(await host.bus.kv(host.names.bucket("mirrors")));
       const status = new StatusStore(await host.bus.kv(host.names.bucket("mirror-status")));
       const metrics = new SyncMetrics(host.metrics);
+      // LFS objects of `--lfs` mirrors go to storage, content-addressed by their oid (= sha256).
+      const lfsStorage = createClient(StorageService, config.NEARHUB_STORAGE_ADDR, {
+        credentials: host.tls.grpcChannelCredentials(),
+        metrics: host.metrics,
+        callMetadata: host.callMetadata(),
+        maxMessageBytes: 16 * 1024 * 1024,
+      });
+      host.onStop(() => lfsStorage.$close());
+      const lfs = new LfsMirror({
+        storage: lfsStorage,
+        tokens: config.NEARHUB_GIT_TOKENS,
+        timeoutMs: config.NEARHUB_GIT_FETCH_TIMEOUT_S * 1000,
+        onBytes: (n) => metrics.bytesFetched.inc(n),
+      });
       const fetcher = new GitFetcher({
+        lfs,
         layout,
         upstreams: config.NEARHUB_GIT_UPSTREAMS,
         tokens: config.NEARHUB_GIT_TOKENS,
@@ -98,7 +116,32 @@ export async function startSync(config: SyncConfig, options: { logger?: Logger }
         syncApi({ layout, store, status, bus: host.bus, upstreams: config.NEARHUB_GIT_UPSTREAMS }),
       );
 
-      const server = createGitServer({ layout, upstreams: config.NEARHUB_GIT_UPSTREAMS, metrics, logger: host.logger });
+      const server = createGitServer({
+        layout,
+        upstreams: config.NEARHUB_GIT_UPSTREAMS,
+        metrics,
+        logger: host.logger,
+        tls: host.tls,
+        lfs,
+        authorize: (req, mirror) => {
+          // Edge forwards who the reader is; the read is checked again here.
+          const header = req.headers[IDENTITY_HEADER];
+          if (typeof header !== "string")
+            return { status: 401, message: `this internal endpoint needs the ${IDENTITY_HEADER} of a nearhub service` };
+          try {
+            const principal = host.access.identity.verify(header);
+            const decision = host.access.decide(principal, "read", mirror);
+            return decision.allowed ? undefined : { status: 403, message: decision.reason };
+          } catch (error) {
+            return { status: 401, message: (error as Error).message };
+          }
+        },
+        lsRemote: async (name) => {
+          const parsed = parseMirrorName(name, config.NEARHUB_GIT_UPSTREAMS);
+          const def = (await store.get(parsed.full))?.mirror;
+          return fetcher.upstreamRefs({ ...parsed, name: parsed.full, refs: def?.refs || "heads,tags" });
+        },
+      });
       await listenHttp(server, config.NEARHUB_BIND_HOST, config.NEARHUB_GIT_HTTP_PORT);
       gitHttpPort = (server.address() as AddressInfo).port;
       host.onStop(() => closeHttp(server));
@@ -135,7 +178,11 @@ export async function startSync(config: SyncConfig, options: { logger?: Logger }
       host.onStop(() => scheduler.stop());
 
       // Scheduled Hugging Face mirrors (`nearhub model add`), written to storage's registry.
-      const storageOptions = { metrics: host.metrics, metadata: { "x-nearhub-caller": "service:sync" } };
+      const storageOptions = {
+        metrics: host.metrics,
+        callMetadata: host.callMetadata(),
+        credentials: host.tls.grpcChannelCredentials(),
+      };
       const registryClient = createClient(RegistryService, config.NEARHUB_STORAGE_ADDR, storageOptions);
       const storageClient = createClient(StorageService, config.NEARHUB_STORAGE_ADDR, {
         ...storageOptions,

@@ -67,6 +67,7 @@ export function syncApi({ layout, store, status, bus, upstreams }: SyncApiDeps):
   return {
     async addMirror(request, ctx) {
       const name = parseMirrorName(request.name, upstreams);
+      await ctx.authorize("mirror", name.full);
       const intervalSeconds = parseInterval(request.intervalSeconds);
       const refs = parseRefs(request.refs);
       const found = await store.get(name.full);
@@ -112,20 +113,24 @@ export function syncApi({ layout, store, status, bus, upstreams }: SyncApiDeps):
       return { mirror, created: true };
     },
 
-    async getMirror(request) {
+    async getMirror(request, ctx) {
+      await ctx.authorize("read", parseMirrorName(request.name, upstreams).full);
       return { mirror: await view(await existing(request.name)) };
     },
 
-    async listMirrors(request) {
+    async listMirrors(request, ctx) {
       if (request.prefix.length > 300)
         throw new NearhubError(Code.InvalidArgument, "prefix is longer than 300 characters");
       const [defs, statuses] = await Promise.all([store.list(request.prefix), status.all()]);
       const now = Date.now();
-      return { mirrors: defs.map((d) => mirrorView(d, statuses.get(d.name), now)) };
+      // Only the mirrors the caller may read.
+      const readable = defs.filter((d) => ctx.can("read", d.name));
+      return { mirrors: readable.map((d) => mirrorView(d, statuses.get(d.name), now)) };
     },
 
     async removeMirror(request, ctx) {
       const name = parseMirrorName(request.name, upstreams);
+      await ctx.authorize("delete", name.full);
       const found = await store.get(name.full);
       if (!found) return { removed: false };
       await store.remove(name.full);
@@ -149,8 +154,10 @@ export function syncApi({ layout, store, status, bus, upstreams }: SyncApiDeps):
     },
 
     async syncMirror(request, ctx) {
-      const def = await existing(request.name);
       const reason = request.reason || "manual";
+      // A pull-through fill is what any reader's clone of a not-yet-synced mirror triggers.
+      await ctx.authorize(reason === "pull-through" ? "read" : "sync", parseMirrorName(request.name, upstreams).full);
+      const def = await existing(request.name);
       if (!REASONS.has(reason)) {
         throw new NearhubError(
           Code.InvalidArgument,
@@ -175,6 +182,7 @@ export function syncApi({ layout, store, status, bus, upstreams }: SyncApiDeps):
     },
 
     async pauseMirror(request, ctx) {
+      await ctx.authorize("mirror", parseMirrorName(request.name, upstreams).full);
       const def = await existing(request.name);
       if (request.reason.length > 500)
         throw new NearhubError(Code.InvalidArgument, "reason is longer than 500 characters");
@@ -198,6 +206,7 @@ export function syncApi({ layout, store, status, bus, upstreams }: SyncApiDeps):
     },
 
     async resumeMirror(request, ctx) {
+      await ctx.authorize("mirror", parseMirrorName(request.name, upstreams).full);
       const def = await existing(request.name);
       let changed = false;
       await status.update(def.name, (s) => {

@@ -1,6 +1,6 @@
 import { createWriteStream } from "node:fs";
 import { parse, print, UsageError, type Command } from "../command.js";
-import { ApiError, callApi } from "../http-api.js";
+import { ApiError, authHeaders, callApi } from "../http-api.js";
 
 interface RecordJson {
   sequence: string;
@@ -87,7 +87,7 @@ export const auditCommand: Command = {
         const url = new URL(`/api/audit/export?${params.toString()}`, base);
         let response: Response;
         try {
-          response = await fetch(url);
+          response = await fetch(url, { headers: authHeaders() });
         } catch (error) {
           throw new ApiError(
             0,

@@ -1,5 +1,5 @@
 import { parse, print, UsageError, type Command } from "../command.js";
-import { ApiError } from "../http-api.js";
+import { ApiError, authHeaders } from "../http-api.js";
 
 interface Progress {
   eventsReplayed?: number;
@@ -38,7 +38,7 @@ export const indexCommand: Command = {
     const base = values.url ?? ctx.defaultUrl;
     let response: Response;
     try {
-      response = await fetch(new URL("/api/index/rebuild", base), { method: "POST" });
+      response = await fetch(new URL("/api/index/rebuild", base), { method: "POST", headers: authHeaders() });
     } catch (error) {
       const cause = (error as { cause?: { code?: string } }).cause?.code ?? (error as Error).message;
       throw new ApiError(0, `cannot reach nearhub at ${base} (${cause}); start it with 'nearhub up' or pass --url`);

@@ -6,6 +6,7 @@ import { indexCommand } from "./index-cmd.js";
 import { mirrorCommand } from "./mirror.js";
 import { modelCommand } from "./model.js";
 import { searchCommand } from "./search.js";
+import { roleCommand, tokenCommand, whoamiCommand } from "./token.js";
 import { upCommand } from "./up.js";
 import { uploadCommand } from "./upload.js";
 
@@ -20,4 +21,7 @@ export const commands: Command[] = [
   uploadCommand,
   downloadCommand,
   modelCommand,
+  tokenCommand,
+  roleCommand,
+  whoamiCommand,
 ];

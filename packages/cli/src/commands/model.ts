@@ -4,7 +4,9 @@ import { modelConfigSchema, modelNameOf } from "@nearhub/inference-gateway";
 import { createClient, formatZodIssues } from "@nearhub/platform";
 import { GRPCInferenceService } from "@nearhub/proto/inference";
 import { parse, print, UsageError, type Command } from "../command.js";
+import { authHeaders } from "../http-api.js";
 import { intOption, parseRepo } from "../storage-target.js";
+import { grpcCredentials } from "../tls.js";
 import { hfModelCommand } from "./hf-model.js";
 import { uploadCommand } from "./upload.js";
 
@@ -119,7 +121,11 @@ export const modelCommand: Command = {
       }
       return 0;
     }
-    const client = createClient(GRPCInferenceService, address, { timeoutMs: 120_000 });
+    const client = createClient(GRPCInferenceService, address, {
+      timeoutMs: 120_000,
+      ...grpcCredentials(ctx.env),
+      metadata: authHeaders(),
+    });
     try {
       await client.repositoryModelLoad({ modelName });
       const meta = await client.modelMetadata({ name: modelName });

@@ -6,7 +6,8 @@ import { up } from "../up.js";
 export const upCommand: Command = {
   name: "up",
   usage: [
-    "nearhub up [--data DIR] [--port N] [--nats-port N] [--ready-timeout 60s]   run everything on this machine (Ctrl-C stops)",
+    "nearhub up [--data DIR] [--port N] [--nats-port N] [--ready-timeout 60s] [--private]   run everything on this machine (Ctrl-C stops);",
+    "    anyone may read (clone, download) unless --private; writes need the admin token in DIR/admin-token or NEARHUB_TOKEN",
   ],
   async run(args, ctx) {
     const { values, positionals } = parse(args, {
@@ -14,6 +15,7 @@ export const upCommand: Command = {
       port: { type: "string" },
       "ready-timeout": { type: "string" },
       "nats-port": { type: "string" },
+      private: { type: "boolean" },
     });
     if (positionals.length > 0) throw new UsageError(`up takes no arguments; got ${positionals.join(" ")}`);
     const port = Number(values.port ?? "8080");
@@ -25,6 +27,13 @@ export const upCommand: Command = {
       throw new UsageError(`--nats-port ${values["nats-port"] ?? ""} must be a whole number from 1 to 65535`);
     }
     const readyTimeoutS = parseDuration(values["ready-timeout"] ?? "60s");
-    return up({ dataDir: values.data ?? ".nearhub", httpPort: port, readyTimeoutS, natsPort, env: ctx.env });
+    return up({
+      dataDir: values.data ?? ".nearhub",
+      httpPort: port,
+      readyTimeoutS,
+      natsPort,
+      private: values.private === true,
+      env: ctx.env,
+    });
   },
 };
