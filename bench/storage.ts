@@ -12,6 +12,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
+import { readFileSync } from "node:fs";
 import { mkdir, open, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { join } from "node:path";
@@ -20,7 +21,16 @@ import { pipeline } from "node:stream/promises";
 import { createClient } from "@nearhub/platform";
 import { StorageService } from "@nearhub/proto/storage";
 import { downloadBlob, uploadFile } from "@nearhub/storage";
-import { deleteNamespace, eventually, nats, s3, serviceEnv, tempDir, uniqueNamespace } from "@nearhub/testing";
+import {
+  adminAuth,
+  deleteNamespace,
+  eventually,
+  nats,
+  s3,
+  serviceEnv,
+  tempDir,
+  uniqueNamespace,
+} from "@nearhub/testing";
 import { Client } from "minio";
 
 const MiB = 1024 * 1024;
@@ -45,7 +55,10 @@ async function startStorageProcess(env: Record<string, string>): Promise<{ port:
     ["--conditions=development", "--import", "tsx", "services/storage/src/main.ts"],
     {
       cwd: repoRoot,
-      env: { ...process.env, ...env, NEARHUB_GRPC_PORT: String(port) },
+      // Storage's work is fs calls on libuv's thread pool, where an fsync holds a thread for
+    // milliseconds: deploy it with a larger pool than the default 4 (read once, at start-up,
+    // so it must be in the environment, not set by the process itself).
+    env: { UV_THREADPOOL_SIZE: "32", ...process.env, ...env, NEARHUB_GRPC_PORT: String(port) },
       stdio: ["ignore", "ignore", "pipe"],
     },
   );
@@ -69,6 +82,32 @@ async function startStorageProcess(env: Record<string, string>): Promise<{ port:
     probe.$close();
   }
   return { port, child };
+}
+
+/** CPU seconds (user + system) a process has used so far, from /proc; NaN where there is none. */
+function cpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+function loadavg(): string {
+  try {
+    return readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
+  } catch {
+    return "?";
+  }
+}
+
+/** Runs `fn`; its wall time and the CPU seconds `pid` used meanwhile. */
+async function timedWithCpu(pid: number | undefined, fn: () => Promise<unknown>): Promise<{ ms: number; cpu: number }> {
+  const before = cpuSeconds(pid);
+  const ms = await timed(fn);
+  return { ms, cpu: cpuSeconds(pid) - before };
 }
 
 async function stopProcess(child: ChildProcess): Promise<void> {
@@ -127,7 +166,7 @@ export async function main(): Promise<void> {
   const dir = await tempDir("nearhub-bench-storage-");
   const size = SIZE_MIB * MiB;
   console.log(
-    `storage: ${SIZE_MIB} MiB blob, ${CHUNK / MiB} MiB chunks x ${PARALLEL} in parallel; ${SMALL_OPS} x 4 KiB ops at concurrency ${CONCURRENCY}`,
+    `storage: ${SIZE_MIB} MiB blob, ${CHUNK / MiB} MiB chunks x ${PARALLEL} in parallel; ${SMALL_OPS} x 4 KiB ops at concurrency ${CONCURRENCY}; load ${loadavg()}`,
   );
   const source = join(dir.path, "blob.bin");
   const file = await open(source, "w");
@@ -158,18 +197,21 @@ export async function main(): Promise<void> {
     );
     children.push(fsService.child);
     const fsClient = createClient(StorageService, `127.0.0.1:${fsService.port}`, {
+      metadata: adminAuth(fsNs),
       maxMessageBytes: 16 * MiB,
       timeoutMs: 600_000,
     });
 
     const copyMs = await timed(() => pipeline(createReadStream(source), createWriteStream(join(dir.path, "copy.bin"))));
     await rm(join(dir.path, "copy.bin"));
-    const upMs = await timed(() =>
+    const up = await timedWithCpu(fsService.child.pid, () =>
       uploadFile(fsClient, source, { sha256, size, chunkSize: CHUNK, parallel: PARALLEL }),
     );
-    const downMs = await timed(() =>
+    const upMs = up.ms;
+    const down = await timedWithCpu(fsService.child.pid, () =>
       downloadBlob(fsClient, sha256, size, join(dir.path, "down-fs.bin"), { parallel: PARALLEL }),
     );
+    const downMs = down.ms;
     await rm(join(dir.path, "down-fs.bin"));
     console.log("folder backend (gRPC, verified) vs fs stream copy of the same file:");
     row("upload", `${mbps(size, upMs).toFixed(0)} MB/s`, `${mbps(size, copyMs).toFixed(0)} MB/s`, copyMs / upMs);
@@ -178,6 +220,10 @@ export async function main(): Promise<void> {
       `${mbps(size, downMs).toFixed(0)} MB/s`,
       `${mbps(size, copyMs).toFixed(0)} MB/s`,
       copyMs / downMs,
+    );
+    const perGiB = (cpu: number) => (cpu / (size / 1024 ** 3)).toFixed(2);
+    console.log(
+      `  storage process CPU: upload ${perGiB(up.cpu)} s/GiB, download ${perGiB(down.cpu)} s/GiB; load ${loadavg()}`,
     );
 
     // Small objects on the folder backend vs fs write + read of the same bytes.
@@ -189,6 +235,7 @@ export async function main(): Promise<void> {
       await writeFile(join(rawDir, shas[i]!), small[i]!);
       await readFile(join(rawDir, shas[i]!));
     });
+    const smallCpu = cpuSeconds(fsService.child.pid);
     const ops = await rate(async (i) => {
       await fsClient.putBlob(
         (async function* () {
@@ -201,7 +248,7 @@ export async function main(): Promise<void> {
     console.log("4 KiB PutBlob + GetBlob (one op = both) vs fs writeFile + readFile:");
     row("ops/s", ops.opsPerSec.toFixed(0), raw.opsPerSec.toFixed(0), ops.opsPerSec / raw.opsPerSec);
     console.log(
-      `  latency median ${ops.median.toFixed(2)} ms, p99 ${ops.p99.toFixed(2)} ms (baseline ${raw.median.toFixed(2)} / ${raw.p99.toFixed(2)} ms)`,
+      `  latency median ${ops.median.toFixed(2)} ms, p99 ${ops.p99.toFixed(2)} ms (baseline ${raw.median.toFixed(2)} / ${raw.p99.toFixed(2)} ms); storage process CPU ${((1000 * (cpuSeconds(fsService.child.pid) - smallCpu)) / SMALL_OPS).toFixed(2)} ms/op; load ${loadavg()}`,
     );
     fsClient.$close();
 
@@ -220,6 +267,7 @@ export async function main(): Promise<void> {
     );
     children.push(s3Service.child);
     const s3Client = createClient(StorageService, `127.0.0.1:${s3Service.port}`, {
+      metadata: adminAuth(s3Ns),
       maxMessageBytes: 16 * MiB,
       timeoutMs: 600_000,
     });
@@ -293,6 +341,7 @@ export async function main(): Promise<void> {
       `${mbps(size, directDownMs).toFixed(0)} MB/s`,
       directDownMs / s3DownMs,
     );
+    console.log(`  load ${loadavg()}`);
     s3Client.$close();
   } finally {
     clearTimeout(deadline);

@@ -5,15 +5,33 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { Code, ROLE_PERMISSIONS, createClient, parseEnv, type NearhubError, type Permission, type Role } from "@nearhub/platform";
+import {
+  Code,
+  ROLE_PERMISSIONS,
+  createClient,
+  parseEnv,
+  type NearhubError,
+  type Permission,
+  type Role,
+} from "@nearhub/platform";
 import { AuditService, Decision } from "@nearhub/proto/audit";
 import { RegistryService, RepoKind } from "@nearhub/proto/registry";
 import { auditEnv, startAudit } from "@nearhub/audit";
+import { indexingEnv, startIndexing } from "@nearhub/indexing";
 import { edgeEnv, startEdge, type Edge } from "@nearhub/edge";
 import { startStorage, storageEnv } from "@nearhub/storage";
 import { serveGitHttpBackend, startSync, syncEnv, type HttpBackend, type SyncHandle } from "@nearhub/sync";
 import type { ServiceHost } from "@nearhub/platform";
-import { adminAuth, adminToken, deleteNamespace, eventually, nats, serviceEnv, tempDir, uniqueNamespace } from "./harness.js";
+import {
+  adminAuth,
+  adminToken,
+  deleteNamespace,
+  eventually,
+  nats,
+  serviceEnv,
+  tempDir,
+  uniqueNamespace,
+} from "./harness.js";
 
 const run = promisify(execFile);
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -56,6 +74,7 @@ describe("access control: roles, scopes, revocation, anonymous access, hostile c
   let sync: SyncHandle;
   let storage: ServiceHost;
   let audit: ServiceHost;
+  let indexing: ServiceHost;
   let edge: Edge;
   let edgeUrl: string;
   let storageAddr: string;
@@ -63,11 +82,22 @@ describe("access control: roles, scopes, revocation, anonymous access, hostile c
 
   const cli = (args: string[], token?: string) =>
     // upload and download talk to storage over gRPC (--storage), everything else to the edge.
-    exec(process.execPath, ["--conditions=development", "--import", "tsx", "packages/cli/src/bin.ts", ...args, ...(args[0] === "upload" ? [] : ["--url", edgeUrl])], {
-      ...process.env,
-      NEARHUB_DATA_DIR: join(dir.path, "no-such-dir"),
-      ...(token ? { NEARHUB_TOKEN: token } : {}),
-    });
+    exec(
+      process.execPath,
+      [
+        "--conditions=development",
+        "--import",
+        "tsx",
+        "packages/cli/src/bin.ts",
+        ...args,
+        ...(args[0] === "upload" ? [] : ["--url", edgeUrl]),
+      ],
+      {
+        ...process.env,
+        NEARHUB_DATA_DIR: join(dir.path, "no-such-dir"),
+        ...(token ? { NEARHUB_TOKEN: token } : {}),
+      },
+    );
   const http = (method: string, path: string, token?: string, body?: unknown) =>
     fetch(`${edgeUrl}${path}`, {
       method,
@@ -87,7 +117,10 @@ describe("access control: roles, scopes, revocation, anonymous access, hostile c
     return exec("git", ["clone", "-q", url.toString(), target]);
   };
   const createToken = async (role: Role, scope: string, ttl = "1h") => {
-    const made = await cli(["token", "create", "--role", role, "--scope", scope, "--ttl", ttl, "--json"], adminToken(ns));
+    const made = await cli(
+      ["token", "create", "--role", role, "--scope", scope, "--ttl", ttl, "--json"],
+      adminToken(ns),
+    );
     assert.equal(made.code, 0, made.stderr);
     return JSON.parse(made.stdout) as { secret: string; token: { id: string } };
   };
@@ -110,10 +143,11 @@ describe("access control: roles, scopes, revocation, anonymous access, hostile c
     }
     origin = await serveGitHttpBackend({ root: originRoot });
     const env = serviceEnv(natsUrl, ns, join(dir.path, "data"), { NEARHUB_GIT_UPSTREAMS: `github.com=${origin.url}` });
-    [sync, storage, audit] = await Promise.all([
+    [sync, storage, audit, indexing] = await Promise.all([
       startSync(parseEnv("sync", syncEnv, env)),
       startStorage(parseEnv("storage", storageEnv, env)),
       startAudit(parseEnv("audit", auditEnv, env)),
+      startIndexing(parseEnv("indexing", indexingEnv, env)),
     ]);
     storageAddr = `127.0.0.1:${storage.grpcPort}`;
     edge = await startEdge(
@@ -123,6 +157,7 @@ describe("access control: roles, scopes, revocation, anonymous access, hostile c
         NEARHUB_SYNC_GIT_URL: `http://127.0.0.1:${sync.gitHttpPort}`,
         NEARHUB_STORAGE_ADDR: storageAddr,
         NEARHUB_AUDIT_ADDR: `127.0.0.1:${audit.grpcPort}`,
+        NEARHUB_INDEXING_ADDR: `127.0.0.1:${indexing.grpcPort}`,
       }),
     );
     edgeUrl = `http://127.0.0.1:${edge.httpPort}`;
@@ -138,14 +173,18 @@ describe("access control: roles, scopes, revocation, anonymous access, hostile c
 
   after(async () => {
     await edge?.stop();
-    await Promise.all([sync?.stop(), storage?.stop(), audit?.stop()]);
+    await Promise.all([sync?.stop(), storage?.stop(), audit?.stop(), indexing?.stop()]);
     await origin?.close();
     await deleteNamespace(natsUrl, ns);
     await dir?.cleanup();
   });
 
   // Each operation, tried by each role; allowed exactly when the role grants its permission.
-  const operations: Array<{ permission: Permission; how: string; attempt: (role: Role, token: string) => Promise<boolean> }> = [
+  const operations: Array<{
+    permission: Permission;
+    how: string;
+    attempt: (role: Role, token: string) => Promise<boolean>;
+  }> = [
     {
       permission: "read",
       how: "git clone through the edge",
@@ -196,7 +235,13 @@ describe("access control: roles, scopes, revocation, anonymous access, hostile c
       permission: "roles.manage",
       how: "POST /api/roles",
       attempt: async (role, token) =>
-        statusOk(await http("POST", "/api/roles", token, { subject: `user:u-${role}`, role: "viewer", pattern: "github.com/acme/*" })),
+        statusOk(
+          await http("POST", "/api/roles", token, {
+            subject: `user:u-${role}`,
+            role: "viewer",
+            pattern: "github.com/acme/*",
+          }),
+        ),
     },
     {
       permission: "tokens.manage",
@@ -212,7 +257,11 @@ describe("access control: roles, scopes, revocation, anonymous access, hostile c
     test(`${op.permission} (${op.how}): allowed exactly for the roles that grant it`, async () => {
       for (const role of ROLES) {
         const allowed = await op.attempt(role, tokens.get(role)!);
-        assert.equal(allowed, ROLE_PERMISSIONS[role].has(op.permission), `${role} ${allowed ? "could" : "could not"} ${op.how}`);
+        assert.equal(
+          allowed,
+          ROLE_PERMISSIONS[role].has(op.permission),
+          `${role} ${allowed ? "could" : "could not"} ${op.how}`,
+        );
       }
     });
   }
@@ -221,13 +270,24 @@ describe("access control: roles, scopes, revocation, anonymous access, hostile c
     const res = await http("DELETE", "/api/mirrors/github.com/acme/rocket", tokens.get("developer"));
     assert.equal(res.status, 403);
     const body = (await res.json()) as { error: string };
-    assert.match(body.error, /'delete' on 'github.com\/acme\/rocket' is not granted to token:[0-9a-f]{16} \(role developer on \*\)/);
+    assert.match(
+      body.error,
+      /'delete' on 'github.com\/acme\/rocket' is not granted to token:[0-9a-f]{16} \(role developer on \*\)/,
+    );
     const auditClient = createClient(AuditService, `127.0.0.1:${audit.grpcPort}`, { metadata: adminAuth(ns) });
     try {
-      await eventually(async () => {
-        const { records } = await auditClient.queryRecords({ action: "access.delete", decision: Decision.DENY, pageSize: 10 });
-        return records.find((r) => r.event?.resource === "github.com/acme/rocket") ? true : undefined;
-      }, 10_000, "the denial to be recorded");
+      await eventually(
+        async () => {
+          const { records } = await auditClient.queryRecords({
+            action: "access.delete",
+            decision: Decision.DENY,
+            pageSize: 10,
+          });
+          return records.find((r) => r.event?.resource === "github.com/acme/rocket") ? true : undefined;
+        },
+        10_000,
+        "the denial to be recorded",
+      );
     } finally {
       auditClient.$close();
     }
@@ -243,11 +303,39 @@ describe("access control: roles, scopes, revocation, anonymous access, hostile c
     try {
       await assert.rejects(
         registry.getRepo({ repo: { kind: RepoKind.MODEL, id: "acme/model-admin" } }),
-        (e: NearhubError) => e.code === Code.PermissionDenied && /'read' on 'models\/acme\/model-admin'/.test(e.message),
+        (e: NearhubError) =>
+          e.code === Code.PermissionDenied && /'read' on 'models\/acme\/model-admin'/.test(e.message),
       );
     } finally {
       registry.$close();
     }
+  });
+
+  test("search returns only what the caller may read", async () => {
+    const { secret } = await createToken("viewer", "github.com/acme/*");
+    const ids = async (token: string) => {
+      const res = await http("GET", "/api/search?kind=repo&limit=100", token);
+      assert.equal(res.status, 200);
+      return ((await res.json()) as { hits?: Array<{ id: string }> }).hits?.map((h) => h.id) ?? [];
+    };
+    const everything = await eventually(
+      async () => {
+        const all = await ids(adminToken(ns));
+        return all.includes("github.com/other/x") && all.includes("github.com/acme/rocket") ? all : undefined;
+      },
+      15_000,
+      "both mirrors to be indexed",
+    );
+    const scoped = await ids(secret);
+    assert.ok(scoped.includes("github.com/acme/rocket"));
+    assert.ok(!scoped.includes("github.com/other/x"), `a github.com/acme/* token found ${scoped.join(", ")}`);
+    assert.ok(scoped.every((id) => id.startsWith("github.com/acme/")));
+    assert.ok(everything.length > scoped.length);
+    assert.equal(
+      (await http("GET", "/api/search?kind=repo")).status,
+      200,
+      "anonymous search answers, with nothing readable",
+    );
   });
 
   test("a revoked token is refused within 5 s, over HTTP, git and gRPC", async () => {
@@ -256,11 +344,20 @@ describe("access control: roles, scopes, revocation, anonymous access, hostile c
     const revoked = await cli(["token", "revoke", token.id], adminToken(ns));
     assert.equal(revoked.code, 0, revoked.stderr);
     const at = Date.now();
-    await eventually(async () => ((await http("GET", "/api/mirrors/github.com/acme/rocket", secret)).status === 401 ? true : undefined), 5000, "the edge to refuse the revoked token");
+    await eventually(
+      async () =>
+        (await http("GET", "/api/mirrors/github.com/acme/rocket", secret)).status === 401 ? true : undefined,
+      5000,
+      "the edge to refuse the revoked token",
+    );
     const registry = createClient(RegistryService, storageAddr, { metadata: { authorization: `Bearer ${secret}` } });
     try {
       await eventually(
-        () => registry.listRepos({}).then(() => undefined, (e: NearhubError) => (e.code === Code.Unauthenticated ? true : undefined)),
+        () =>
+          registry.listRepos({}).then(
+            () => undefined,
+            (e: NearhubError) => (e.code === Code.Unauthenticated ? true : undefined),
+          ),
         5000,
         "storage to refuse the revoked token",
       );
@@ -285,7 +382,11 @@ describe("access control: roles, scopes, revocation, anonymous access, hostile c
     // Public read of acme/*, switched on by a role binding (takes effect through the KV watch).
     const bound = await cli(["role", "bind", "anonymous", "viewer", "github.com/acme/*"], adminToken(ns));
     assert.equal(bound.code, 0, bound.stderr);
-    await eventually(async () => ((await clone("github.com/acme/rocket")).code === 0 ? true : undefined), 5000, "anonymous clone");
+    await eventually(
+      async () => ((await clone("github.com/acme/rocket")).code === 0 ? true : undefined),
+      5000,
+      "anonymous clone",
+    );
     assert.notEqual((await clone("github.com/other/x")).code, 0);
     assert.equal((await http("POST", "/api/mirrors/github.com/acme/rocket/sync")).status, 401);
     const refused = await cli(["role", "bind", "anonymous", "developer", "github.com/acme/*"], adminToken(ns));
@@ -313,10 +414,43 @@ describe("access control: roles, scopes, revocation, anonymous access, hostile c
     assert.equal(huge.status, 431);
     const auditClient = createClient(AuditService, `127.0.0.1:${audit.grpcPort}`, { metadata: adminAuth(ns) });
     try {
-      await eventually(async () => {
-        const { records } = await auditClient.queryRecords({ action: "access.authenticate", decision: Decision.DENY, pageSize: 100 });
-        return records.length >= cases.length ? records : undefined;
-      }, 10_000, "the refusals to be recorded");
+      await eventually(
+        async () => {
+          const { records } = await auditClient.queryRecords({
+            action: "access.authenticate",
+            decision: Decision.DENY,
+            pageSize: 100,
+          });
+          return records.length >= cases.length ? records : undefined;
+        },
+        10_000,
+        "the refusals to be recorded",
+      );
+    } finally {
+      auditClient.$close();
+    }
+  });
+
+  test("reads are audited: a clone is recorded as git.fetch by the token that made it", async () => {
+    const { secret, token } = await createToken("viewer", "github.com/acme/*");
+    assert.equal((await clone("github.com/acme/rocket", secret)).code, 0);
+    const auditClient = createClient(AuditService, `127.0.0.1:${audit.grpcPort}`, { metadata: adminAuth(ns) });
+    try {
+      const record = await eventually(
+        async () => {
+          const { records } = await auditClient.queryRecords({
+            action: "git.fetch",
+            actor: `token:${token.id}`,
+            pageSize: 10,
+          });
+          return records[0];
+        },
+        20_000,
+        "the clone to be recorded",
+      );
+      assert.equal(record.event?.resource, "github.com/acme/rocket");
+      assert.equal(record.event?.decision, Decision.ALLOW);
+      assert.match(record.event?.userAgent ?? "", /^git\//);
     } finally {
       auditClient.$close();
     }

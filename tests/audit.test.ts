@@ -104,6 +104,11 @@ describe("audit trail: every event once, chained, signed, verifiable, exportable
         Array.from({ length: 13 }, (_, i) => BigInt(i + 1)),
       );
       for (let i = 1; i < records.length; i++) assert.equal(records[i]!.prevHash, records[i - 1]!.hash);
+      for (const r of records) {
+        assert.match(r.hash, /^[0-9a-f]{64}$/);
+        assert.match(r.keyId, /^[0-9a-f]{16}$/, "each record names the key that signed it");
+        assert.equal(Buffer.from(r.signature, "base64").length, 64, "an Ed25519 signature");
+      }
       const denied = await c.queryRecords({ decision: Decision.DENY });
       assert.equal(denied.records.length, 3);
       const verdict = await c.verifyTrail({});
@@ -203,7 +208,8 @@ describe("audit trail: every event once, chained, signed, verifiable, exportable
         await assert.rejects(c.queryRecords({ pageSize: 10 }), refused("query"));
         await assert.rejects(c.verifyTrail({}), refused("verify"));
         await assert.rejects(async () => {
-          for await (const item of c.exportRecords({})) assert.fail(`${who} exported record ${item.record?.sequence}`);
+          for await (const item of c.exportRecords({}))
+            assert.fail(`${who} exported record ${String(item.record?.sequence)}`);
         }, refused("export"));
       }
       const denials = await eventually(
@@ -452,7 +458,7 @@ describe("audit verify: tampering with the trail or the query index is named", (
     const failures = /^nearhub_audit_verify_failures_total(?:\{[^}]*\})? (\d+)/m.exec(text);
     assert.ok(failures, "nearhub_audit_verify_failures_total is exported");
     // Six failed verifications in this suite.
-    assert.ok(Number(failures[1]) >= 6, `verify failures: ${failures[1]}`);
+    assert.ok(Number(failures[1]) >= 6, `verify failures: ${String(failures[1])}`);
   });
 });
 

@@ -422,6 +422,35 @@ describe("git mirror: LFS, SSH and pull-through progress with the real git, git-
     }
   });
 
+  test("LFS switched on for a mirror synced without it: the next sync fetches its whole history's objects", async () => {
+    const late = randomBytes(9_000);
+    await makeLfsOrigin("acme", "late", { "late.bin": late });
+    await addMirror({ name: "github.com/acme/late", interval_seconds: 3600 });
+    assert.equal((await syncWait("github.com/acme/late")).mirror["state"], "MIRROR_STATE_IN_SYNC");
+    const ask = async () => {
+      const res = await batch("github.com/acme/late", {
+        operation: "download",
+        objects: [{ oid: sha256(late), size: late.length }],
+      });
+      assert.equal(res.status, 200);
+      return ((await res.json()) as { objects: { actions?: unknown; error?: { code: number; message: string } }[] })
+        .objects[0];
+    };
+    const before = await ask();
+    assert.equal(before?.error?.code, 404);
+    assert.match(
+      before?.error?.message ?? "",
+      /not mirrored with LFS.*nearhub mirror add github.com\/acme\/late --lfs/,
+    );
+    await addMirror({ name: "github.com/acme/late", interval_seconds: 3600, lfs: true });
+    assert.equal((await syncWait("github.com/acme/late")).mirror["state"], "MIRROR_STATE_IN_SYNC");
+    const after = await ask();
+    assert.ok(after?.actions, JSON.stringify(after));
+    const clone = join(dir.path, "late-clone");
+    await git([...LFS_FILTER, "clone", "-q", `${edgeUrl}/github.com/acme/late.git`, clone]);
+    assert.ok(readFileSync(join(clone, "late.bin")).equals(late));
+  });
+
   test("SSH: clone, fetch and ls-remote with protocol v2 and v0 for an authorized key", async () => {
     const sshUrl = `ssh://git@127.0.0.1:${sshPort}/github.com/acme/demo.git`;
     const expected = await lsRemote(`${origin.url}/acme/demo.git`);
@@ -433,6 +462,13 @@ describe("git mirror: LFS, SSH and pull-through progress with the real git, git-
       const { stdout } = await git(["for-each-ref", "--format=%(objectname)\t%(refname)"], clone);
       assert.equal(stdout.trim().split("\n").sort().join("\n"), expected);
     }
+    // Protocol v2 really is spoken end to end (GIT_PROTOCOL travels in the SSH env request).
+    const traced = await git(["-c", "protocol.version=2", "ls-remote", sshUrl], undefined, {
+      ...sshEnv,
+      GIT_TRACE_PACKET: "1",
+    });
+    assert.match(traced.stderr, /< version 2/);
+    assert.match(traced.stderr, /> command=ls-refs/);
     // Without .git, and an incremental fetch over an existing clone.
     assert.equal(await lsRemote(`ssh://git@127.0.0.1:${sshPort}/github.com/acme/demo`, 2, sshEnv), expected);
     const work = join(dir.path, "ssh-work");

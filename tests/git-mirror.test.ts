@@ -14,7 +14,16 @@ import { Code, createClient, parseEnv, type NearhubError } from "@nearhub/platfo
 import { SyncService } from "@nearhub/proto/sync";
 import { edgeEnv, startEdge, type Edge } from "@nearhub/edge";
 import { serveGitHttpBackend, startSync, syncEnv, type HttpBackend, type SyncHandle } from "@nearhub/sync";
-import { deleteNamespace, eventually, nats, serviceEnv, tempDir, uniqueNamespace } from "./harness.js";
+import {
+  adminAuth,
+  adminToken,
+  deleteNamespace,
+  eventually,
+  nats,
+  serviceEnv,
+  tempDir,
+  uniqueNamespace,
+} from "./harness.js";
 
 const run = promisify(execFile);
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -63,6 +72,9 @@ async function lsRemote(url: string, protocol = 2): Promise<string> {
     .join("\n");
 }
 
+/** The suite's namespace; the CLI acts as its administrator. */
+const GIT_NS = uniqueNamespace("g");
+
 /** The nearhub CLI, as a user runs it. */
 const cli = (args: string[], edgeUrl: string) =>
   exec(
@@ -70,12 +82,12 @@ const cli = (args: string[], edgeUrl: string) =>
     ["--conditions=development", "--import", "tsx", "packages/cli/src/bin.ts", ...args, "--url", edgeUrl],
     {
       cwd: root,
-      env: process.env,
+      env: { ...process.env, NEARHUB_TOKEN: adminToken(GIT_NS) },
     },
   );
 
 describe("git mirror: sync engine and serving through the edge with real git", () => {
-  const ns = uniqueNamespace("g");
+  const ns = GIT_NS;
   let natsUrl: string;
   let dir: Awaited<ReturnType<typeof tempDir>>;
   let origin: HttpBackend;
@@ -110,8 +122,12 @@ describe("git mirror: sync engine and serving through the edge with real git", (
     return wt;
   }
 
+  /** fetch as the namespace's administrator (the edge refuses anonymous writes). */
+  const authFetch = (input: string, init: RequestInit = {}) =>
+    fetch(input, { ...init, headers: { ...adminAuth(ns), ...(init.headers as Record<string, string> | undefined) } });
+
   const syncWait = async (name: string) => {
-    const res = await fetch(`${edgeUrl}/api/mirrors/${name}/sync?wait=1&timeout=60`, { method: "POST" });
+    const res = await authFetch(`${edgeUrl}/api/mirrors/${name}/sync?wait=1&timeout=60`, { method: "POST" });
     return { status: res.status, body: (await res.json()) as { finished: boolean; mirror: Record<string, unknown> } };
   };
   const metric = async (name: string): Promise<number> => {
@@ -153,6 +169,8 @@ describe("git mirror: sync engine and serving through the edge with real git", (
       NEARHUB_GIT_HTTP_PORT: "0",
       NEARHUB_GIT_SCHEDULER_TICK_MS: "500",
       NEARHUB_GIT_BACKOFF_S: "1",
+      // Clones here are anonymous, as on a public mirror; changes carry the admin token.
+      NEARHUB_ANONYMOUS_READ: "github.com/*",
     });
     sync = await startSync(parseEnv("sync", syncEnv, env));
     edge = await startEdge(
@@ -223,7 +241,7 @@ describe("git mirror: sync engine and serving through the edge with real git", (
     const want = expected.split("\n")[0]?.split("\t")[0] ?? "";
     const pkt = (s: string) => `${(s.length + 4).toString(16).padStart(4, "0")}${s}`;
     const body = gzipSync(Buffer.from(`${pkt(`want ${want}\n`)}0000${pkt("done\n")}`));
-    const res = await fetch(`${edgeUrl}/github.com/acme/rocket.git/git-upload-pack`, {
+    const res = await authFetch(`${edgeUrl}/github.com/acme/rocket.git/git-upload-pack`, {
       method: "POST",
       headers: { "content-type": "application/x-git-upload-pack-request", "content-encoding": "gzip" },
       body,
@@ -236,7 +254,7 @@ describe("git mirror: sync engine and serving through the edge with real git", (
     const r = await gitFails(["push", `${edgeUrl}/github.com/acme/rocket.git`, "main:refs/heads/evil"], work);
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /read-only mirror/);
-    const res = await fetch(`${edgeUrl}/github.com/acme/rocket.git/info/refs?service=git-receive-pack`);
+    const res = await authFetch(`${edgeUrl}/github.com/acme/rocket.git/info/refs?service=git-receive-pack`);
     assert.equal(res.status, 403);
   });
 
@@ -312,20 +330,20 @@ describe("git mirror: sync engine and serving through the edge with real git", (
     await git(["push", "-q", "origin", "main"], work);
     const payload = JSON.stringify({ ref: "refs/heads/main", repository: { full_name: "acme/rocket" } });
     const sign = (secret: string) => `sha256=${createHmac("sha256", secret).update(payload).digest("hex")}`;
-    const bad = await fetch(`${edgeUrl}/hooks/github`, {
+    const bad = await authFetch(`${edgeUrl}/hooks/github`, {
       method: "POST",
       headers: { "content-type": "application/json", "x-github-event": "push", "x-hub-signature-256": sign("wrong") },
       body: payload,
     });
     assert.equal(bad.status, 401);
     assert.match(((await bad.json()) as { error: string }).error, /X-Hub-Signature-256/);
-    const unsigned = await fetch(`${edgeUrl}/hooks/github`, {
+    const unsigned = await authFetch(`${edgeUrl}/hooks/github`, {
       method: "POST",
       headers: { "x-github-event": "push" },
       body: payload,
     });
     assert.equal(unsigned.status, 401);
-    const good = await fetch(`${edgeUrl}/hooks/github`, {
+    const good = await authFetch(`${edgeUrl}/hooks/github`, {
       method: "POST",
       headers: { "content-type": "application/json", "x-github-event": "push", "x-hub-signature-256": sign(SECRET) },
       body: payload,
@@ -342,7 +360,7 @@ describe("git mirror: sync engine and serving through the edge with real git", (
   test("pause and resume through the CLI; list and show print state, lag and size", async () => {
     const paused = await cli(["mirror", "pause", "github.com/acme/rocket", "--reason", "maintenance window"], edgeUrl);
     assert.equal(paused.code, 0, paused.stderr);
-    const refused = await fetch(`${edgeUrl}/api/mirrors/github.com/acme/rocket/sync`, { method: "POST" });
+    const refused = await authFetch(`${edgeUrl}/api/mirrors/github.com/acme/rocket/sync`, { method: "POST" });
     assert.equal(refused.status, 412);
     assert.match(
       ((await refused.json()) as { error: string }).error,
@@ -393,7 +411,7 @@ describe("git mirror: sync engine and serving through the edge with real git", (
   test("an upstream that refuses credentials pauses the mirror with the reason", async () => {
     await makeOrigin("acme", "private");
     trouble.set("acme/private", "401");
-    const add = await fetch(`${edgeUrl}/api/mirrors`, {
+    const add = await authFetch(`${edgeUrl}/api/mirrors`, {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({ name: "github.com/acme/private" }),
@@ -401,7 +419,7 @@ describe("git mirror: sync engine and serving through the edge with real git", (
     assert.equal(add.status, 201);
     const mirror = await eventually(
       async () => {
-        const { mirror } = (await (await fetch(`${edgeUrl}/api/mirrors/github.com/acme/private`)).json()) as {
+        const { mirror } = (await (await authFetch(`${edgeUrl}/api/mirrors/github.com/acme/private`)).json()) as {
           mirror: { state: string; pausedReason?: string };
         };
         return mirror.state === "MIRROR_STATE_PAUSED" ? mirror : undefined;
@@ -449,7 +467,7 @@ describe("git mirror: sync engine and serving through the edge with real git", (
   });
 
   test("gRPC management answers hostile requests with the right codes", async () => {
-    const client = createClient(SyncService, `127.0.0.1:${sync.grpcPort}`);
+    const client = createClient(SyncService, `127.0.0.1:${sync.grpcPort}`, { metadata: adminAuth(ns) });
     try {
       const cases: [() => Promise<unknown>, Code, RegExp][] = [
         [() => client.syncMirror({ name: "github.com/acme/rocket", reason: "bogus" }), Code.InvalidArgument, /reason/],
@@ -515,7 +533,7 @@ describe("git mirror: sync engine and serving through the edge with real git", (
       ["/hooks/github", { method: "POST", body: "x".repeat(100) }, /Signature/],
     ];
     for (const [path, init, message] of cases) {
-      const res = await fetch(`${edgeUrl}${path}`, init);
+      const res = await authFetch(`${edgeUrl}${path}`, init);
       assert.ok(res.status >= 400 && res.status < 500, `${path} answered ${res.status}`);
       assert.match(await res.text(), message, path);
     }

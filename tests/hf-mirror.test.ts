@@ -23,7 +23,16 @@ import { StorageService } from "@nearhub/proto/storage";
 import { edgeEnv, startEdge, type Edge } from "@nearhub/edge";
 import { startStorage, storageEnv } from "@nearhub/storage";
 import { startSync, syncEnv } from "@nearhub/sync";
-import { deleteNamespace, eventually, nats, serviceEnv, tempDir, uniqueNamespace } from "./harness.js";
+import {
+  adminAuth,
+  adminToken,
+  deleteNamespace,
+  eventually,
+  nats,
+  serviceEnv,
+  tempDir,
+  uniqueNamespace,
+} from "./harness.js";
 import { sha256Hex, startHubDouble, type HubDouble } from "@nearhub/testing";
 
 const MiB = 1024 * 1024;
@@ -104,8 +113,8 @@ describe("Hugging Face mirror: unmodified clients through the edge", () => {
     // HF clients read anonymously (transformers.js never sends a token): the operator allows it.
     const env = { ...serviceEnv(natsUrl, ns, dir.path), NEARHUB_ANONYMOUS_READ: "models/*,datasets/*,spaces/*" };
     storage = await startStorage(parseEnv("storage", storageEnv, env));
-    registry = createClient(RegistryService, `127.0.0.1:${storage.grpcPort}`);
-    storageClient = createClient(StorageService, `127.0.0.1:${storage.grpcPort}`);
+    registry = createClient(RegistryService, `127.0.0.1:${storage.grpcPort}`, { metadata: adminAuth(ns) });
+    storageClient = createClient(StorageService, `127.0.0.1:${storage.grpcPort}`, { metadata: adminAuth(ns) });
     edge = await startEdge(
       parseEnv("edge", edgeEnv, {
         ...env,
@@ -114,7 +123,6 @@ describe("Hugging Face mirror: unmodified clients through the edge", () => {
         NEARHUB_HF_TOKEN: "mirror-credential",
         NEARHUB_HF_REF_TTL_MS: "300",
         NEARHUB_HF_UPSTREAM_TIMEOUT_MS: "2000",
-        NEARHUB_HF_TOKENS: "nh_alice_token=alice",
       }),
     );
     edgeUrl = `http://127.0.0.1:${edge.httpPort}`;
@@ -413,11 +421,16 @@ describe("Hugging Face mirror: unmodified clients through the edge", () => {
   });
 
   test("whoami-v2 with nearhub tokens; CORS for browsers", async () => {
-    const me = await raw(`${edgeUrl}/api/whoami-v2`, { headers: { authorization: "Bearer nh_alice_token" } });
+    const me = await raw(`${edgeUrl}/api/whoami-v2`, { headers: adminAuth(ns) });
     assert.equal(me.status, 200);
-    assert.equal(JSON.parse(me.body.toString()).name, "alice");
+    assert.match(JSON.parse(me.body.toString()).name, /^token:[0-9a-f]{16}$/);
+    // A huggingface.co token is not ours: the caller is anonymous, and whoami says so.
+    const foreign = await raw(`${edgeUrl}/api/whoami-v2`, {
+      headers: { authorization: `Bearer hf_${"x".repeat(34)}` },
+    });
+    assert.equal(foreign.status, 401);
     assert.equal(
-      (await raw(`${edgeUrl}/api/whoami-v2`, { headers: { authorization: "Bearer hf_other" } })).status,
+      (await raw(`${edgeUrl}/api/whoami-v2`, { headers: { authorization: "Bearer nh_bogus" } })).status,
       401,
     );
     const pre = await raw(`${edgeUrl}/acme/tiny-bert/resolve/main/config.json`, {
@@ -474,6 +487,7 @@ describe("Hugging Face mirror: unmodified clients through the edge", () => {
     const other = await startEdge(
       parseEnv("edge", edgeEnv, {
         ...serviceEnv(natsUrl, ns, join(dir.path, "edge2")),
+        NEARHUB_ANONYMOUS_READ: "models/*,datasets/*,spaces/*",
         NEARHUB_STORAGE_ADDR: `127.0.0.1:${storage.grpcPort}`,
         NEARHUB_HF_UPSTREAM: "off",
       }),
@@ -550,9 +564,13 @@ describe("nearhub model add: scheduled snapshots into the registry, include/excl
       "onnx/skip-me.onnx": { content: skipped, lfs: true },
       "pytorch_model.bin": { content: pt, lfs: true },
     });
-    const env = serviceEnv(natsUrl, ns, dir.path, { NEARHUB_GIT_UPSTREAMS: "github.com=http://127.0.0.1:1" });
+    const env = serviceEnv(natsUrl, ns, dir.path, {
+      NEARHUB_GIT_UPSTREAMS: "github.com=http://127.0.0.1:1",
+      // Downloads are anonymous, as from transformers.js; managing mirrors takes the admin token.
+      NEARHUB_ANONYMOUS_READ: "models/*",
+    });
     storage = await startStorage(parseEnv("storage", storageEnv, env));
-    storageClient = createClient(StorageService, `127.0.0.1:${storage.grpcPort}`);
+    storageClient = createClient(StorageService, `127.0.0.1:${storage.grpcPort}`, { metadata: adminAuth(ns) });
     sync = await startSync(
       parseEnv("sync", syncEnv, {
         ...env,
@@ -587,7 +605,7 @@ describe("nearhub model add: scheduled snapshots into the registry, include/excl
     (await storageClient.hasBlobs({ sha256: [sha256(data)] })).present.length === 1;
 
   test("add → first snapshot: selected LFS files stored, the rest served lazily, event published", async () => {
-    const env = { NEARHUB_URL: edgeUrl };
+    const env = { NEARHUB_URL: edgeUrl, NEARHUB_TOKEN: adminToken(ns) };
     const added = await cli(
       [
         "model",
@@ -607,7 +625,9 @@ describe("nearhub model add: scheduled snapshots into the registry, include/excl
 
     const mirror = await eventually(
       async () => {
-        const r = (await (await fetch(`${edgeUrl}/api/model-mirrors/model/acme/mirrored`)).json()) as {
+        const r = (await (
+          await fetch(`${edgeUrl}/api/model-mirrors/model/acme/mirrored`, { headers: adminAuth(ns) })
+        ).json()) as {
           mirroredCommit?: string;
           fileCount: number;
         };
@@ -650,7 +670,7 @@ describe("nearhub model add: scheduled snapshots into the registry, include/excl
   });
 
   test("a new upstream commit that fails verification shows as drift; a good one is mirrored", async () => {
-    const env = { NEARHUB_URL: edgeUrl };
+    const env = { NEARHUB_URL: edgeUrl, NEARHUB_TOKEN: adminToken(ns) };
     const bad = randomBytes(MiB);
     const sha2 = hub.commit("model", "acme/mirrored", {
       "config.json": '{"v":2}',
@@ -691,7 +711,7 @@ describe("nearhub model add: scheduled snapshots into the registry, include/excl
     const post = (body: unknown) =>
       raw(`${edgeUrl}/api/model-mirrors`, {
         method: "POST",
-        headers: { "content-type": "application/json" },
+        headers: { "content-type": "application/json", ...adminAuth(ns) },
         body: JSON.stringify(body),
       });
     assert.equal((await post({ repo: "../../etc" })).status, 400);
@@ -700,10 +720,19 @@ describe("nearhub model add: scheduled snapshots into the registry, include/excl
     assert.equal((await post({ repo: "acme/x", kind: "bucket" })).status, 400);
     assert.equal((await post({ repo: "acme/x", include: [1] })).status, 400);
     assert.equal((await raw(`${edgeUrl}/api/model-mirrors/model/acme/unknown`)).status, 404);
-    assert.equal((await raw(`${edgeUrl}/api/model-mirrors/model/acme/unknown`, { method: "DELETE" })).status, 404);
-    const usage = await cli(["model", "add"], { NEARHUB_URL: edgeUrl });
+    assert.equal(
+      (await raw(`${edgeUrl}/api/model-mirrors/model/acme/unknown`, { method: "DELETE", headers: adminAuth(ns) }))
+        .status,
+      404,
+    );
+    // Managing mirrors is never anonymous.
+    assert.equal((await raw(`${edgeUrl}/api/model-mirrors/model/acme/unknown`, { method: "DELETE" })).status, 401);
+    const usage = await cli(["model", "add"], { NEARHUB_URL: edgeUrl, NEARHUB_TOKEN: adminToken(ns) });
     assert.equal(usage.code, 2);
-    const removed = await cli(["model", "remove", "acme/mirrored"], { NEARHUB_URL: edgeUrl });
+    const removed = await cli(["model", "remove", "acme/mirrored"], {
+      NEARHUB_URL: edgeUrl,
+      NEARHUB_TOKEN: adminToken(ns),
+    });
     assert.equal(removed.code, 0, removed.stderr);
     assert.equal((await raw(`${edgeUrl}/api/model-mirrors/model/acme/mirrored`)).status, 404);
   });

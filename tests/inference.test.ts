@@ -16,9 +16,21 @@ import {
 } from "@nearhub/inference-gateway";
 import { startStorage, storageEnv } from "@nearhub/storage";
 import * as ort from "onnxruntime-node";
-import { deleteNamespace, eventually, nats, serviceEnv, tempDir, uniqueNamespace } from "./harness.js";
+import {
+  deleteNamespace,
+  eventually,
+  nats,
+  serviceEnv,
+  tempDir,
+  uniqueNamespace,
+  adminAuth,
+  adminToken,
+} from "./harness.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
+
+/** The first suite's namespace; its CLI runs act as the namespace's administrator. */
+const SERVE_NS = uniqueNamespace();
 
 /** Runs the nearhub CLI to completion, as a user would (async: the services run in this process). */
 function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -27,7 +39,12 @@ function cli(args: string[]): Promise<{ code: number | null; stdout: string; std
     ["--conditions=development", "--import", "tsx", "packages/cli/src/bin.ts", ...args],
     {
       cwd: root,
-      env: { ...process.env, NEARHUB_STORAGE_ADDR: "", NEARHUB_INFERENCE_ADDR: "" },
+      env: {
+        ...process.env,
+        NEARHUB_STORAGE_ADDR: "",
+        NEARHUB_INFERENCE_ADDR: "",
+        NEARHUB_TOKEN: adminToken(SERVE_NS),
+      },
       stdio: ["ignore", "pipe", "pipe"],
       timeout: 120_000,
     },
@@ -41,7 +58,7 @@ function cli(args: string[]): Promise<{ code: number | null; stdout: string; std
 
 describe("nearhub model serve → registry in storage → inference gateway", { timeout: 240_000 }, () => {
   let natsUrl: string;
-  const ns = uniqueNamespace();
+  const ns = SERVE_NS;
   let dir: Awaited<ReturnType<typeof tempDir>>;
   let storage: ServiceHost;
   let gateway: InferenceGateway;
@@ -62,7 +79,7 @@ describe("nearhub model serve → registry in storage → inference gateway", { 
       ),
     );
     gatewayAddr = `127.0.0.1:${gateway.grpcPort}`;
-    client = createClient(GRPCInferenceService, gatewayAddr, { timeoutMs: 60_000 });
+    client = createClient(GRPCInferenceService, gatewayAddr, { metadata: adminAuth(ns), timeoutMs: 60_000 });
   });
 
   after(async () => {
@@ -215,7 +232,10 @@ describe("remote routing: gateways as KServe v2 backends of a gateway", { timeou
         NEARHUB_INFERENCE_PROBE_INTERVAL_MS: "3600000",
       }),
     );
-    client = createClient(GRPCInferenceService, `127.0.0.1:${front.grpcPort}`, { timeoutMs: 60_000 });
+    client = createClient(GRPCInferenceService, `127.0.0.1:${front.grpcPort}`, {
+      metadata: adminAuth(ns),
+      timeoutMs: 60_000,
+    });
   });
 
   after(async () => {
@@ -246,7 +266,7 @@ describe("remote routing: gateways as KServe v2 backends of a gateway", { timeou
     });
     const counts = await Promise.all(
       backends.map(async (b) => {
-        const c = createClient(GRPCInferenceService, `127.0.0.1:${b.grpcPort}`);
+        const c = createClient(GRPCInferenceService, `127.0.0.1:${b.grpcPort}`, { metadata: adminAuth(ns) });
         try {
           return Number((await c.modelStatistics({ name: "remote_add" })).modelStats[0]?.inferenceCount ?? 0n);
         } finally {
@@ -312,7 +332,10 @@ describe("remote backends registered through the KV bucket with heartbeats", { t
     backend = await startInferenceGateway(
       env("backend", { NEARHUB_MODEL_DIR: models, NEARHUB_INFERENCE_ADVERTISE_HOST: "127.0.0.1" }),
     );
-    client = createClient(GRPCInferenceService, `127.0.0.1:${front.grpcPort}`, { timeoutMs: 60_000 });
+    client = createClient(GRPCInferenceService, `127.0.0.1:${front.grpcPort}`, {
+      metadata: adminAuth(ns),
+      timeoutMs: 60_000,
+    });
   });
 
   after(async () => {

@@ -5,13 +5,15 @@ import { delimiter, join } from "node:path";
 import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { parse, parseAllDocuments } from "yaml";
-import { parseEnv } from "@nearhub/platform";
+import { ConfigError, parseEnv, parseToken } from "@nearhub/platform";
+import type { CommonConfig } from "@nearhub/platform";
 import { auditEnv } from "@nearhub/audit";
 import { edgeEnv } from "@nearhub/edge";
 import { indexingEnv } from "@nearhub/indexing";
 import { inferenceEnv } from "@nearhub/inference-gateway";
 import { s3Settings, storageEnv } from "@nearhub/storage";
 import { syncEnv } from "@nearhub/sync";
+import { loadCompose, requiredValues } from "./compose-file.js";
 
 // No cluster runs here, so the Kubernetes manifests (infra/k8s, a kustomization) are checked
 // statically, the way tests/compose.test.ts checks docker-compose.yml: every nearhub
@@ -404,24 +406,85 @@ describe("infra/k8s kustomization", () => {
   }
 
   test("each service's environment matches docker-compose.yml, the tested reference", () => {
-    // Compose interpolation (`${VAR:-default}`, `$$`) with no variables set, as compose.test.ts does.
-    const composeText = readFileSync(join(root, "docker-compose.yml"), "utf8").replace(
-      /\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}/g,
-      (match, _name: string | undefined, fallback: string | undefined) => (match === "$$" ? "$" : (fallback ?? "")),
-    );
-    const compose = parse(composeText, { merge: true }) as {
-      services: Record<string, { environment?: Record<string, string | number | boolean | null> }>;
-    };
+    // Compose's interpolation as compose.test.ts does it: fresh values for the secrets compose
+    // requires, every other variable unset.
+    const secrets = requiredValues();
+    const compose = loadCompose(secrets);
     // The Service names equal compose's service names, so every value carries over unchanged,
-    // except tracing: compose ships Jaeger, a cluster brings its own collector.
-    const composeOnly = new Set(["OTEL_EXPORTER_OTLP_ENDPOINT"]);
+    // except tracing (compose ships Jaeger, a cluster brings its own collector) and the secrets
+    // each deployment makes its own (.env there, the nearhub-auth Secret here; see below).
+    const composeOnly = new Set(["OTEL_EXPORTER_OTLP_ENDPOINT", ...Object.keys(secrets)]);
     for (const name of Object.keys(schemas)) {
       const k8s = containerEnv(podSpec(find("Deployment", name)).containers[0]!);
+      for (const key of Object.keys(secrets)) assert.ok(k8s[key], `${name}: ${key} is missing`);
       for (const [key, value] of Object.entries(compose.services[name]?.environment ?? {})) {
         if (composeOnly.has(key) || value === null) continue;
         assert.equal(k8s[key], String(value), `${name}: ${key} differs from docker-compose.yml`);
       }
     }
+  });
+
+  test("every service takes NEARHUB_INTERNAL_KEY and NEARHUB_ADMIN_TOKEN from the nearhub-auth Secret", () => {
+    const auth = find("Secret", "nearhub-auth");
+    assert.equal(auth.file, "secrets.yaml");
+    assert.deepEqual(Object.keys({ ...auth.data, ...auth.stringData }).sort(), ["admin-token", "internal-key"]);
+    const refs: Record<string, { name: string; key: string }> = {
+      NEARHUB_INTERNAL_KEY: { name: "nearhub-auth", key: "internal-key" },
+      NEARHUB_ADMIN_TOKEN: { name: "nearhub-auth", key: "admin-token" },
+    };
+    const common = find("ConfigMap", "nearhub-common").data ?? {};
+    const seen = new Map<string, Set<string>>();
+    for (const [name, schema] of Object.entries(schemas)) {
+      const c = podSpec(find("Deployment", name)).containers[0]!;
+      for (const [variable, ref] of Object.entries(refs)) {
+        const entries = (c.env ?? []).filter((v) => v.name === variable);
+        assert.equal(entries.length, 1, `${name} sets ${variable} ${entries.length} times`);
+        assert.equal(entries[0]!.value, undefined, `${name}: ${variable} is written in the manifest`);
+        assert.deepEqual(entries[0]!.valueFrom?.secretKeyRef, ref, `${name}: ${variable} is not read from ${ref.name}`);
+        assert.ok(!(variable in common), `the nearhub-common ConfigMap holds the secret ${variable}`);
+      }
+      // The placeholders parse: a service given them starts (ConfigError otherwise).
+      const env = containerEnv(c);
+      const config = parseEnv(name, schema, env) as unknown as CommonConfig;
+      assert.ok(config.NEARHUB_INTERNAL_KEY && Buffer.from(config.NEARHUB_INTERNAL_KEY, "base64").length >= 32);
+      assert.ok(config.NEARHUB_ADMIN_TOKEN && parseToken(config.NEARHUB_ADMIN_TOKEN), `${name}: not a token`);
+      // The optional settings from the ConfigMap parse, empty meaning their defaults.
+      assert.deepEqual(config.NEARHUB_ANONYMOUS_READ, []);
+      assert.equal(config.NEARHUB_AUDIT_READS, "on");
+      assert.equal(config.NEARHUB_OIDC_ISSUER, undefined);
+      assert.equal(config.NEARHUB_OIDC_USER_CLAIM, "sub");
+      for (const variable of Object.keys(refs)) {
+        const values = seen.get(variable) ?? new Set<string>();
+        values.add(env[variable]!);
+        seen.set(variable, values);
+      }
+    }
+    // One key and one token for the whole cluster: a service with another key could not
+    // vouch for its callers to the rest.
+    for (const [variable, values] of seen) {
+      assert.equal(values.size, 1, `the services do not share one ${variable}`);
+    }
+    // Hostile values in the Secret are refused at start-up, naming the variable.
+    const edge = containerEnv(podSpec(find("Deployment", "edge")).containers[0]!);
+    for (const [variable, value] of [
+      ["NEARHUB_INTERNAL_KEY", Buffer.alloc(16, 1).toString("base64")],
+      // Huge, and no base64 in it (Node's decoder skips what is not base64, so a long string
+      // of base64 letters would pass: the schema checks length after decoding, not the alphabet).
+      ["NEARHUB_INTERNAL_KEY", "!".repeat(100_000)],
+      ["NEARHUB_ADMIN_TOKEN", "nhp_../../etc/passwd"],
+      ["NEARHUB_ADMIN_TOKEN", `${String(edge["NEARHUB_ADMIN_TOKEN"])}\n`],
+    ] as const) {
+      assert.throws(
+        () => parseEnv("edge", edgeEnv, { ...edge, [variable]: value }),
+        (err: unknown) => err instanceof ConfigError && err.problems.some((p) => p.startsWith(`${variable} `)),
+        `edge accepts ${variable}=${value.slice(0, 40)}`,
+      );
+    }
+    // The placeholders are public: secrets.yaml says how to replace them.
+    const text = readFileSync(join(k8sDir, "secrets.yaml"), "utf8");
+    assert.match(text, /kubectl -n nearhub create secret generic nearhub-auth/);
+    assert.match(text, /--from-literal=internal-key=\$\(openssl rand -base64 32\)/);
+    assert.match(text, /--from-literal=admin-token=\$\(npx nearhub token generate\)/);
   });
 
   test("storage uses S3 with credentials from the Secret, and the bucket Job creates its bucket", () => {

@@ -34,7 +34,16 @@ import { StorageService } from "@nearhub/proto/storage";
 import { createHash } from "node:crypto";
 import { SqliteSearchIndex, indexingEnv, newDocument, searchApi, startIndexing } from "@nearhub/indexing";
 import { corpus } from "@nearhub/indexing/testing";
-import { deleteNamespace, eventually, nats, serviceEnv, tempDir, uniqueNamespace, adminAuth } from "./harness.js";
+import {
+  deleteNamespace,
+  eventually,
+  nats,
+  serviceEnv,
+  tempDir,
+  uniqueNamespace,
+  adminAuth,
+  adminToken,
+} from "./harness.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 
@@ -73,6 +82,9 @@ async function json(response: Response): Promise<unknown> {
 }
 
 // Mirror events from JetStream, through the indexing service, to the edge and the CLI.
+/** Search here runs as on a public mirror: anyone may read everything (access.test.ts covers filtering). */
+const PUBLIC = { NEARHUB_ANONYMOUS_READ: "*" };
+
 describe("search: events in, documents out, through gRPC, the edge and the CLI", () => {
   const ns = uniqueNamespace();
   let natsUrl: string;
@@ -109,12 +121,12 @@ describe("search: events in, documents out, through gRPC, the edge and the CLI",
   before(async () => {
     natsUrl = (await nats()).url;
     dir = await tempDir();
-    indexing = await startIndexing(parseEnv("indexing", indexingEnv, serviceEnv(natsUrl, ns, dir.path)));
+    indexing = await startIndexing(parseEnv("indexing", indexingEnv, serviceEnv(natsUrl, ns, dir.path, PUBLIC)));
     edge = await startEdge(
       parseEnv(
         "edge",
         edgeEnv,
-        serviceEnv(natsUrl, ns, dir.path, { NEARHUB_INDEXING_ADDR: `127.0.0.1:${indexing.grpcPort}` }),
+        serviceEnv(natsUrl, ns, dir.path, { ...PUBLIC, NEARHUB_INDEXING_ADDR: `127.0.0.1:${indexing.grpcPort}` }),
       ),
     );
     base = `http://127.0.0.1:${edge.httpPort}`;
@@ -289,7 +301,7 @@ describe("search: events in, documents out, through gRPC, the edge and the CLI",
     const poller = (async () => {
       while (rebuilding) totals.push((await find("rocket")).length);
     })();
-    const result = await cli(["index", "rebuild", "--json"], { NEARHUB_URL: base });
+    const result = await cli(["index", "rebuild", "--json"], { NEARHUB_URL: base, NEARHUB_TOKEN: adminToken(ns) });
     rebuilding = false;
     await poller;
     assert.equal(result.code, 0, result.stderr);
@@ -356,7 +368,7 @@ describe("search: models and datasets published to the registry become searchabl
   before(async () => {
     natsUrl = (await nats()).url;
     dir = await tempDir();
-    const env = (extra: Record<string, string> = {}) => serviceEnv(natsUrl, ns, dir.path, extra);
+    const env = (extra: Record<string, string> = {}) => serviceEnv(natsUrl, ns, dir.path, { ...PUBLIC, ...extra });
     storageHost = await startStorage(parseEnv("storage", storageEnv, env()));
     const storageAddr = `127.0.0.1:${storageHost.grpcPort}`;
     indexing = await startIndexing(parseEnv("indexing", indexingEnv, env({ NEARHUB_STORAGE_ADDR: storageAddr })));
@@ -498,7 +510,11 @@ describe("search: /api/models and /api/datasets answer as the Hugging Face Hub d
     server.addService(SearchService, searchApi(index));
     const port = await server.listen("127.0.0.1", 0);
     edge = await startEdge(
-      parseEnv("edge", edgeEnv, serviceEnv(natsUrl, ns, dir.path, { NEARHUB_INDEXING_ADDR: `127.0.0.1:${port}` })),
+      parseEnv(
+        "edge",
+        edgeEnv,
+        serviceEnv(natsUrl, ns, dir.path, { ...PUBLIC, NEARHUB_INDEXING_ADDR: `127.0.0.1:${port}` }),
+      ),
     );
     hubUrl = `http://127.0.0.1:${edge.httpPort}`;
   });

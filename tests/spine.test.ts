@@ -17,7 +17,16 @@ import { SyncService } from "@nearhub/proto/sync";
 import { auditEnv, startAudit } from "@nearhub/audit";
 import { indexingEnv, startIndexing } from "@nearhub/indexing";
 import { startSync, syncEnv } from "@nearhub/sync";
-import { deleteNamespace, eventually, nats, serviceEnv, tempDir, uniqueNamespace, adminAuth } from "./harness.js";
+import {
+  deleteNamespace,
+  eventually,
+  nats,
+  serviceEnv,
+  tempDir,
+  uniqueNamespace,
+  adminAuth,
+  adminToken,
+} from "./harness.js";
 
 // One trace must cover: the caller → sync's gRPC handler → the event it publishes →
 // indexing's consumer (and audit's), across the real NATS server.
@@ -127,7 +136,8 @@ describe("spine: gRPC call → event → consumer, in one trace", () => {
         ["mirror.add", "mirror.remove"],
       );
       for (const r of records) {
-        assert.equal(r.event?.actor, "anonymous");
+        // The caller: the namespace's bootstrap admin token (nhp_<id>_<secret> → token:<id>).
+        assert.equal(r.event?.actor, `token:${adminToken(ns).slice(4, 20)}`);
         assert.equal(r.event?.decision, Decision.ALLOW);
         assert.equal(r.event?.service, "sync");
         assert.match(r.event?.traceId ?? "", /^[0-9a-f]{32}$/);

@@ -130,7 +130,7 @@ describe("storage: resumable upload survives kill -9 of the storage process (CLI
     await dir?.cleanup();
   });
 
-  test("kill -9 mid-upload, restart, rerun: only missing chunks are sent and the stored sha matches", async () => {
+  test("kill -9 mid-upload, restart, rerun: only missing chunks are sent and the stored sha matches", async (t) => {
     const file = join(dir.path, "model.bin");
     const handle = await open(file, "w");
     for (let i = 0; i < SIZE / (8 * MiB); i++) await handle.write(randomBytes(8 * MiB));
@@ -217,6 +217,9 @@ describe("storage: resumable upload survives kill -9 of the storage process (CLI
     assert.equal(result.chunksResumed, stored, "every chunk stored before the kill was reused");
     assert.equal(result.chunksSent, CHUNKS - stored, "only the missing chunks were sent");
     assert.match(result.commit, /^[0-9a-f]{40}$/);
+    t.diagnostic(
+      `${SIZE_MIB} MiB in ${CHUNKS} chunks of ${CHUNK_MIB} MiB: ${stored} stored before the kill survived it; the rerun resumed ${result.chunksResumed} and sent ${result.chunksSent}; sha256 ${sha}`,
+    );
 
     // A third run finds the blob stored and sends nothing.
     const third = await cli(args, cliEnv).done;

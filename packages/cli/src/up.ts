@@ -74,7 +74,8 @@ export async function up(options: UpOptions): Promise<number> {
   await mkdir(join(dataDir, "logs"), { recursive: true });
   // The secret the services share, and a bootstrap admin token (the CLI finds it here).
   const internalKey =
-    options.env["NEARHUB_INTERNAL_KEY"] ?? (await secret(join(dataDir, "internal-key"), () => randomBytes(32).toString("base64")));
+    options.env["NEARHUB_INTERNAL_KEY"] ??
+    (await secret(join(dataDir, "internal-key"), () => randomBytes(32).toString("base64")));
   const adminToken =
     options.env["NEARHUB_ADMIN_TOKEN"] ?? (await secret(join(dataDir, "admin-token"), () => generateToken().token));
   const anonymousRead = options.env["NEARHUB_ANONYMOUS_READ"] ?? (options.private ? "" : "*");

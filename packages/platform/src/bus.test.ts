@@ -305,6 +305,46 @@ describe("Bus.consume", () => {
     });
   });
 
+  test("with concurrency, handlers overlap up to the limit, start in order and each ack follows its own", async () => {
+    await withBus(async (h) => {
+      const started: string[] = [];
+      const storedAt: Array<number | undefined> = [];
+      const release: Array<() => void> = [];
+      let running = 0;
+      let most = 0;
+      const handle = await h.bus.consume(
+        h.consumer,
+        async (m) => {
+          started.push(m.decode(echoed).text);
+          storedAt.push(m.storedAtMs);
+          running++;
+          most = Math.max(most, running);
+          await new Promise<void>((resolve) => release.push(resolve));
+          running--;
+        },
+        { concurrency: 3 },
+      );
+      const before = Date.now();
+      for (let i = 0; i < 5; i++) await h.bus.publishEvent(echoed, { text: `m${i}` }, { id: `cc-${i}` });
+      const after = Date.now();
+      await eventually("three handlers at once", async () => (release.length >= 3 ? true : undefined));
+      assert.equal(running, 3);
+      assert.equal(await counter(h.metrics, "ack"), 0, "nothing acked while its handler runs");
+      release[1]!();
+      await eventually("one ack", async () => ((await counter(h.metrics, "ack")) === 1 ? true : undefined));
+      await eventually("the fourth handler starts", async () => (release.length >= 4 ? true : undefined));
+      for (let i = 0; i < 5; i++) {
+        await eventually(`handler ${i}`, async () => (release[i] ? true : undefined));
+        release[i]!();
+      }
+      await eventually("five acks", async () => ((await counter(h.metrics, "ack")) === 5 ? true : undefined));
+      await handle.stop();
+      assert.deepEqual(started, ["m0", "m1", "m2", "m3", "m4"], "started in delivery order");
+      assert.equal(most, 3, "never more than the concurrency");
+      for (const at of storedAt) assert.ok(at !== undefined && at >= before - 1000 && at <= after + 1000, String(at));
+    });
+  });
+
   test("a failing handler is retried with backoff, then the message goes to the dead-letter subject", async () => {
     await withBus(async (h) => {
       const deliveries: number[] = [];

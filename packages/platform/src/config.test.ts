@@ -28,6 +28,7 @@ describe("parseEnv with the common variables", () => {
       NEARHUB_SHUTDOWN_TIMEOUT_MS: 4000,
       NEARHUB_TLS_CLIENT_AUTH: "none",
       NEARHUB_ANONYMOUS_READ: [],
+      NEARHUB_AUDIT_READS: "on",
       NEARHUB_OIDC_USER_CLAIM: "sub",
       NEARHUB_OIDC_GROUPS_CLAIM: "groups",
     });

@@ -9,6 +9,11 @@ import { ServiceHost } from "./service-host.js";
 describe("@nearhub/platform public API", () => {
   test("exports exactly the documented values", () => {
     const expected = [
+      // transport security
+      "EXPIRY_WARNING_DAYS",
+      "MIN_TLS_VERSION",
+      "TransportSecurity",
+      "isLoopback",
       // access control
       "ANONYMOUS",
       "Access",

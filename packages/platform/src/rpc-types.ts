@@ -10,7 +10,7 @@ export interface Principal {
   /** Groups and roles the subject has, when the hook knows them. */
   groups: string[];
   /** How the caller proved who it is; absent means not authenticated (tests, defaults). */
-  method?: "token" | "oidc" | "service" | "anonymous";
+  method?: "token" | "oidc" | "ssh" | "service" | "anonymous";
   /** The service that forwarded the call on the caller's behalf, e.g. `edge`. */
   via?: string;
 }

@@ -8,16 +8,27 @@ const UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86_400, w: 604_
 
 /** A token lifetime: seconds, or `90d`, `12h`, `1y`; `0`/`never` for no expiry. */
 export function parseTtl(value: unknown): number {
-  if (value === undefined || value === null || value === "" || value === "never" || value === 0 || value === "0") return 0;
+  if (value === undefined || value === null || value === "" || value === "never" || value === 0 || value === "0")
+    return 0;
   if (typeof value === "number" && Number.isInteger(value) && value > 0) return value;
   const m = typeof value === "string" ? /^(\d{1,6})([smhdwy])$/.exec(value) : null;
-  if (!m) throw new NearhubError(Code.InvalidArgument, "ttl must be seconds or a duration such as 90d, 12h or 1y (0 or never: no expiry)");
+  if (!m)
+    throw new NearhubError(
+      Code.InvalidArgument,
+      "ttl must be seconds or a duration such as 90d, 12h or 1y (0 or never: no expiry)",
+    );
   return Number(m[1]) * UNITS[m[2]!]!;
 }
 
 function strings(value: unknown, name: string, max: number): string[] {
   if (value === undefined) return [];
-  const list = typeof value === "string" ? value.split(",").map((s) => s.trim()).filter(Boolean) : value;
+  const list =
+    typeof value === "string"
+      ? value
+          .split(",")
+          .map((s) => s.trim())
+          .filter(Boolean)
+      : value;
   if (!Array.isArray(list) || list.some((s) => typeof s !== "string"))
     throw new NearhubError(Code.InvalidArgument, `${name} must be a list of strings (or one comma-separated string)`);
   if (list.length > max) throw new NearhubError(Code.InvalidArgument, `${name} takes at most ${max} entries`);
@@ -77,7 +88,9 @@ export function accessRoutes(backends: Backends): Route[] {
       pattern: /^\/api\/tokens$/,
       template: "/api/tokens",
       handler: async ({ res, url }) => {
-        const { tokens } = await backends.access.listTokens({ includeRevoked: url.searchParams.get("revoked") === "1" });
+        const { tokens } = await backends.access.listTokens({
+          includeRevoked: url.searchParams.get("revoked") === "1",
+        });
         sendJson(res, 200, { tokens: tokens.map(token) });
       },
     },
@@ -122,7 +135,8 @@ export function accessRoutes(backends: Backends): Route[] {
       template: "/api/roles/{id}",
       handler: async ({ res, params }) => {
         const { deleted } = await backends.access.deleteBinding({ id: params["id"] ?? "" });
-        if (!deleted) throw new NearhubError(Code.NotFound, `there is no role binding ${params["id"]?.slice(0, 40) ?? ""}`);
+        if (!deleted)
+          throw new NearhubError(Code.NotFound, `there is no role binding ${params["id"]?.slice(0, 40) ?? ""}`);
         sendJson(res, 200, { deleted });
       },
     },

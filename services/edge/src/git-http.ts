@@ -223,6 +223,8 @@ export function gitRoutes(deps: {
       pattern: new RegExp(`${REPO}\\/git-upload-pack$`),
       template: "/{repo}/git-upload-pack",
       access: ({ params }) => ({ permission: "read", resource: checkRepoName(params["name"] ?? "") }),
+      // Each clone or fetch (the upload-pack exchange) is an audited read.
+      auditRead: "git.fetch",
       handler: async ({ req, res, params }) => {
         const name = checkRepoName(params["name"] ?? "");
         const type = String(req.headers["content-type"] ?? "");

@@ -27,8 +27,4 @@ export const hfEnv = {
     .int()
     .min(1024 * 1024, "must be at least 1 MiB")
     .default(20 * 1024 ** 3),
-  /** Whether requests without a token may read (transformers.js never sends one to a mirror). */
-  NEARHUB_HF_ANONYMOUS_READ: z.enum(["on", "off"], { error: "must be on or off" }).default("on"),
-  /** Comma-separated `token=user` pairs accepted as Bearer tokens by the HF API (whoami-v2). */
-  NEARHUB_HF_TOKENS: z.string().default(""),
 };

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import {
   Code,
+  asService,
   NearhubError,
   createClient,
   httpStatusOf,
@@ -75,6 +76,11 @@ function sendHfError(res: ServerResponse, error: unknown, logger: Logger): void 
   } else if (error instanceof NearhubError) {
     status = httpStatusOf(error.code);
     message = error.code === Code.Internal ? "internal error; the edge log has the details" : error.rawMessage;
+    // What huggingface_hub maps to "repository not found / log in" without saying whether it exists.
+    if (error.code === Code.Unauthenticated || error.code === Code.PermissionDenied) {
+      headers["x-error-code"] = "RepoNotFound";
+      if (error.code === Code.Unauthenticated) headers["www-authenticate"] = 'Bearer realm="nearhub"';
+    }
     if (error.code === Code.Unavailable || error.code === Code.DeadlineExceeded) {
       message = `nearhub storage is unavailable: ${error.rawMessage}`;
     }
@@ -216,33 +222,24 @@ export async function hfMirror(deps: {
     logger,
     metrics: deps.metrics.registry,
   });
-  const tokens = new Map<string, string>();
-  for (const pair of config.NEARHUB_HF_TOKENS.split(",")) {
-    const at = pair.indexOf("=");
-    if (at > 0) tokens.set(pair.slice(0, at).trim(), pair.slice(at + 1).trim());
-  }
-
-  /** The user a request's bearer token names, if the mirror issued it. */
-  const userOf = (req: IncomingMessage): { token?: string; user?: string } => {
-    const m = /^Bearer\s+(\S{1,512})$/i.exec(String(req.headers.authorization ?? ""));
-    if (!m) return {};
-    const user = tokens.get(m[1]!);
-    return { token: m[1]!, ...(user ? { user } : {}) };
-  };
-
   const guard = (handler: (ctx: RouteContext) => Promise<void>) => async (ctx: RouteContext) => {
     cors(ctx.req, ctx.res);
     try {
-      // A token the mirror did not issue (say, the user's huggingface.co token) reads as anonymous.
-      if (config.NEARHUB_HF_ANONYMOUS_READ === "off" && !userOf(ctx.req).user) {
-        throw new HfError(401, "this mirror requires a nearhub token: send Authorization: Bearer <token>");
-      }
       // The router's URL parser resolves `..` and `%2e%2e` segments; refuse them instead.
       const rawPath = String(ctx.req.url ?? "/").split("?")[0]!;
       if (rawPath.split("/").some((s) => /^(?:\.|%2e){1,2}$/i.test(s))) {
         throw new HfError(400, "the path has '.' or '..' segments: name files by their path inside the repo");
       }
-      await handler(ctx);
+      // Reading the repo is the caller's permission to check (RBAC, anonymous read where the
+      // operator allows it); filling the cache from upstream is then edge's own work.
+      const target = parseFileUrl(ctx.url.pathname) ?? parseApiUrl(ctx.url.pathname);
+      if (target) {
+        await ctx.authorize("read", `${target.type}s/${target.id}`);
+        // A file download (not the HEAD probes before it) is an audited read.
+        if (ctx.req.method === "GET" && "path" in target && parseFileUrl(ctx.url.pathname))
+          ctx.recordRead("hf.download", `${target.type}s/${target.id}/${target.path}`);
+      }
+      await asService(() => handler(ctx));
     } catch (error) {
       sendHfError(ctx.res, error, logger);
     }
@@ -463,11 +460,10 @@ export async function hfMirror(deps: {
     res.end(out);
   };
 
-  const whoami = async ({ req, res }: RouteContext) => {
-    const { token, user } = userOf(req);
-    if (!token) throw new HfError(401, "send a nearhub token: Authorization: Bearer <token>");
-    if (!user)
-      throw new HfError(401, "Invalid credentials in Authorization header: this token was not issued by this mirror");
+  const whoami = async ({ res, principal }: RouteContext) => {
+    if (principal.subject === "anonymous")
+      throw new HfError(401, "send a nearhub API token: Authorization: Bearer nhp_… (see `nearhub token create`)");
+    const user = principal.subject;
     const body = JSON.stringify({
       type: "user",
       id: createHash("sha1").update(`user:${user}`).digest("hex").slice(0, 24),

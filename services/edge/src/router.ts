@@ -36,6 +36,8 @@ export interface RouteContext {
   authorize(permission: Permission, resource: string): Promise<void>;
   /** Whether the caller may do this (no audit; for filtering lists). */
   can(permission: Permission, resource: string): boolean;
+  /** Records a read (clone, download) in the audit trail, when reads are audited. */
+  recordRead(action: string, resource: string): void;
 }
 
 /** What a route needs before its handler runs. */
@@ -51,7 +53,9 @@ export interface Route {
   template: string;
   handler: (ctx: RouteContext) => Promise<void> | void;
   /** Checked before the handler; a route without it checks inside (or is public). */
-  access?: (ctx: Omit<RouteContext, "authorize" | "can">) => AccessRule | undefined;
+  access?: (ctx: Omit<RouteContext, "authorize" | "can" | "recordRead">) => AccessRule | undefined;
+  /** With `access`: the audit action recorded for each allowed request, e.g. `git.fetch`. */
+  auditRead?: string;
 }
 
 const anonymous: Principal = { subject: "anonymous", groups: [], method: "anonymous" };
@@ -132,9 +136,13 @@ export function createRouter(routes: Route[], metrics: ServiceMetrics, access?: 
         authorize: (permission, resource) =>
           access ? access.authorize(source, permission, resource) : Promise.resolve(),
         can: (permission, resource) => (access ? access.decide(principal, permission, resource).allowed : true),
+        recordRead: (action, resource) => access?.recordRead(source, action, resource),
       };
       const rule = route.access?.(ctx);
-      if (rule) await ctx.authorize(rule.permission, rule.resource);
+      if (rule) {
+        await ctx.authorize(rule.permission, rule.resource);
+        if (route.auditRead) ctx.recordRead(route.auditRead, rule.resource);
+      }
       // gRPC calls the handler makes carry this caller's identity.
       await runAs(principal, () => route.handler(ctx));
     };

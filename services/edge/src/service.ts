@@ -79,7 +79,36 @@ export async function startEdge(config: EdgeConfig, options: { logger?: Logger }
       httpPort = (server.address() as AddressInfo).port;
       h.onStop(() => closeHttp(server));
       if (config.NEARHUB_SSH_PORT !== 0) {
-        const ssh = await startGitSsh({ config, backends, pullThrough, logger: h.logger, metrics: h.metrics });
+        const ssh = await startGitSsh({
+          config,
+          backends,
+          pullThrough,
+          logger: h.logger,
+          metrics: h.metrics,
+          // The key's subject reads what RBAC lets it read; refusals are audited like any other.
+          authorize: (subject, name) =>
+            h.access
+              .authorize(
+                {
+                  principal: { subject, groups: [], method: subject.startsWith("token:") ? "token" : "ssh" },
+                  peer: "ssh",
+                  userAgent: "ssh",
+                },
+                "read",
+                name,
+              )
+              .then(
+                () => {
+                  h.access.recordRead(
+                    { principal: { subject, groups: [], method: "ssh" }, peer: "ssh" },
+                    "git.fetch",
+                    name,
+                  );
+                  return true;
+                },
+                () => false,
+              ),
+        });
         sshPort = ssh.port;
         h.onStop(() => ssh.close());
       }

@@ -214,30 +214,111 @@ describe("SqliteSearchIndex large match sets", () => {
     });
   });
 
-  test("relevance beyond the threshold: tiers of the most downloaded, bm25 within, stable pages", async () => {
+  test("relevance beyond the thresholds: name matches first, then the rest, each most downloaded first", async () => {
     await withIndex(async (index) => {
+      // Popularity is coarse: buckets of 1/16 of a doubling of downloads, ties by insertion.
+      const bucket = (downloads: number) => (downloads > 0 ? 1 + Math.floor(Math.log2(downloads) * 16) : 0);
+      const byPopularity = (hits: Array<{ downloads: number }>) =>
+        hits.every((h, i) => i === 0 || bucket(h.downloads) <= bucket(hits[i - 1]?.downloads ?? 0));
+      // "shared" is in every card and no name: more matches than the threshold, so the
+      // ranking is popularity, on every page alike.
       const whole = await index.search(newQuery({ text: "shared", limit: 100 }));
       assert.equal(whole.total, docs.length);
       const ids = whole.hits.map((h) => h.id);
       assert.deepEqual([...ids].sort(), docs.map((d) => d.id).sort(), "every match once");
+      assert.ok(byPopularity(whole.hits), "most downloaded first");
       for (const size of [1, 3, 4, 9]) {
         const { seen, totals } = await pages(index, { text: "shared" }, size);
         assert.deepEqual(seen, ids, `pages of ${size}`);
         assert.deepEqual(totals, [docs.length]);
       }
-      // The first tier (4 matches) holds the most downloaded documents, best score first.
-      const top = [...docs].sort((a, b) => b.downloads - a.downloads).slice(0, 4);
-      const tier = whole.hits.slice(0, 4);
-      assert.ok(
-        tier.every((h) => h.downloads >= (top.at(-1)?.downloads ?? 0)),
-        `first tier ${tier.map((h) => h.downloads).join(",")} holds the top downloads ${top.map((d) => d.downloads).join(",")}`,
+      // "gamma" is in the names (id and title) of some documents and in no card.
+      const named = await index.search(newQuery({ text: "gamma", limit: 100 }));
+      assert.deepEqual(
+        named.hits.map((h) => h.id).sort(),
+        docs
+          .filter((d) => d.id.startsWith("gamma-"))
+          .map((d) => d.id)
+          .sort(),
       );
-      for (let i = 1; i < tier.length; i++) assert.ok((tier[i - 1]?.score ?? 0) >= (tier[i]?.score ?? 0));
+      assert.ok(byPopularity(named.hits));
+      assert.ok(named.hits.every((h) => h.score === named.hits[0]?.score));
       // A page past the end is empty and still counts every match.
       const past = await index.search(newQuery({ text: "shared", limit: 10, offset: 200 }));
       assert.deepEqual(past.hits, []);
       assert.equal(past.total, docs.length);
     });
+  });
+
+  test("a word in more documents than the bm25 bound: names above cards, filters still apply", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "nearhub-index-"));
+    // Every threshold low: 3 documents make a common word.
+    const index = new SqliteSearchIndex(join(dir, "s.sqlite"), { exactMatches: 100, maxRankedDf: 3 });
+    try {
+      const doc = (id: string, downloads: number, body: string, author = "acme") =>
+        newDocument({ id, kind: DocumentKind.MODEL, version: 1n, downloads, body, author });
+      await index.apply([
+        { upsert: doc("acme/card-only-big", 900, "rocket engines") },
+        { upsert: doc("acme/card-only-small", 10, "rocket science") },
+        { upsert: doc("acme/rocket-small", 20, "fast") },
+        { upsert: doc("acme/rocket-big", 500, "fast") },
+        { upsert: doc("other/rocket-x", 5000, "fast", "other") },
+      ]);
+      const found = await index.search(newQuery({ text: "rocket" }));
+      assert.deepEqual(
+        found.hits.map((h) => h.id),
+        ["other/rocket-x", "acme/rocket-big", "acme/rocket-small", "acme/card-only-big", "acme/card-only-small"],
+      );
+      assert.ok((found.hits[0]?.score ?? 0) > (found.hits.at(-1)?.score ?? 0), "name matches score higher");
+      assert.equal(found.total, 5);
+      const filtered = await index.search(newQuery({ text: "rock", filters: { author: "acme" }, limit: 2, offset: 1 }));
+      assert.deepEqual(
+        filtered.hits.map((h) => h.id),
+        ["acme/rocket-small", "acme/card-only-big"],
+      );
+      assert.equal(filtered.total, 4);
+      // A rare word is still ranked by bm25.
+      const rare = await index.search(newQuery({ text: "science" }));
+      assert.deepEqual(
+        rare.hits.map((h) => h.id),
+        ["acme/card-only-small"],
+      );
+      assert.ok((rare.hits[0]?.score ?? 0) > 0 && rare.hits[0]?.score !== 1 && rare.hits[0]?.score !== 2);
+    } finally {
+      await index.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("the last word completes from the vocabulary: new words, many completions, accents, CJK", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "nearhub-index-"));
+    const index = new SqliteSearchIndex(join(dir, "s.sqlite"));
+    try {
+      const doc = (id: string, body: string, version = 1n) =>
+        newDocument({ id, kind: DocumentKind.MODEL, version, body });
+      // More completions of "zzword" than the expansion takes: FTS5's own prefix query answers.
+      await index.apply(Array.from({ length: 250 }, (_, i) => ({ upsert: doc(`m/many-${i}`, `zzword${i}`) })));
+      const many = await index.search(newQuery({ text: "zzword", limit: 100 }));
+      assert.equal(many.total, 250);
+      assert.equal((await index.search(newQuery({ text: "zzword24" }))).total, 11, "zzword24 and zzword240…249");
+      await index.apply([{ upsert: doc("m/late", "Ärger über 通义千问 Straße") }]);
+      const find = async (text: string) => (await index.search(newQuery({ text }))).hits.map((h) => h.id);
+      assert.deepEqual(await find("ärg"), ["m/late"], "accented prefix");
+      assert.deepEqual(await find("arge"), ["m/late"], "diacritics folded");
+      assert.deepEqual(await find("ÜBER"), ["m/late"]);
+      assert.deepEqual(await find("通义"), ["m/late"], "CJK prefix");
+      assert.deepEqual(await find("straß"), ["m/late"]);
+      assert.deepEqual(await find("STRA"), ["m/late"]);
+      // The card changes: the old words no longer match, the new ones do.
+      await index.apply([{ upsert: doc("m/late", "quieter words", 2n) }]);
+      assert.deepEqual(await find("ärger"), []);
+      assert.deepEqual(await find("quiet"), ["m/late"]);
+      await index.apply([{ remove: { id: "m/late", version: 3n } }]);
+      assert.deepEqual(await find("quiet"), []);
+    } finally {
+      await index.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   test("updates and removals move documents between tiers and buckets", async () => {

@@ -38,7 +38,8 @@ const TOKENIZE = `tokenize="unicode61 remove_diacritics 2"`;
 /**
  * Turns user text into a safe FTS5 expression: every token becomes a quoted string (quotes
  * doubled), so FTS5 operators (AND, OR, NEAR, *, ^, :, parentheses) typed by a user are
- * searched as words; the last token matches as a prefix, for search-as-you-type.
+ * searched as words; the last token matches as a prefix, for search-as-you-type. The index
+ * quotes the same way and spells the prefix from its vocabulary when it can (`phrases`).
  */
 export function toFtsQuery(text: string): string | undefined {
   const tokens = searchTokens(text).map((t) => t.replace(/"/g, '""'));
@@ -130,8 +131,8 @@ interface SortSpec {
     created_at: number;
     name_key: string;
   }) => number;
-  /** The bucket range of the live documents, lowest first. */
-  range: string;
+  /** The lowest and highest value among live documents: two queries, so each reads one end of an index. */
+  range: [string, string];
 }
 function nameBucket(nameKey: string): number {
   const c = nameKey.charCodeAt(0);
@@ -141,27 +142,39 @@ const SORTS: Partial<Record<SortField, SortSpec>> = {
   [SortField.DOWNLOADS]: {
     column: "downloads",
     bucket: (r) => countBucket(r.downloads),
-    range: "SELECT min(downloads) AS lo, max(downloads) AS hi FROM documents WHERE deleted = 0",
+    range: [
+      "SELECT min(downloads) FROM documents WHERE deleted = 0",
+      "SELECT max(downloads) FROM documents WHERE deleted = 0",
+    ],
   },
   [SortField.LIKES]: {
     column: "likes",
     bucket: (r) => countBucket(r.likes),
-    range: "SELECT min(likes) AS lo, max(likes) AS hi FROM documents WHERE deleted = 0",
+    range: ["SELECT min(likes) FROM documents WHERE deleted = 0", "SELECT max(likes) FROM documents WHERE deleted = 0"],
   },
   [SortField.UPDATED]: {
     column: "updated_at",
     bucket: (r) => Math.floor(r.updated_at / DAY_MS),
-    range: "SELECT min(updated_at) AS lo, max(updated_at) AS hi FROM documents WHERE deleted = 0",
+    range: [
+      "SELECT min(updated_at) FROM documents WHERE deleted = 0",
+      "SELECT max(updated_at) FROM documents WHERE deleted = 0",
+    ],
   },
   [SortField.CREATED]: {
     column: "created_at",
     bucket: (r) => Math.floor(r.created_at / DAY_MS),
-    range: "SELECT min(created_at) AS lo, max(created_at) AS hi FROM documents WHERE deleted = 0",
+    range: [
+      "SELECT min(created_at) FROM documents WHERE deleted = 0",
+      "SELECT max(created_at) FROM documents WHERE deleted = 0",
+    ],
   },
   [SortField.NAME]: {
     column: "name_key",
     bucket: (r) => nameBucket(r.name_key),
-    range: "SELECT min(name_key) AS lo, max(name_key) AS hi FROM documents WHERE deleted = 0",
+    range: [
+      "SELECT min(name_key) FROM documents WHERE deleted = 0",
+      "SELECT max(name_key) FROM documents WHERE deleted = 0",
+    ],
   },
 };
 /** The spec of a sort field (relevance and unknown fields sort as UPDATED) and the field it resolves to. */
@@ -268,12 +281,17 @@ export class SqliteSearchIndex implements SearchIndex {
 
   /** Match sets up to this size are ranked or sorted whole ({@link EXACT_MATCHES}; tests set less). */
   private readonly exact: number;
+  /** {@link MAX_RANKED_DF}; tests set less. */
+  private readonly maxRankedDf: number;
+  /** Counts asked during the current search. */
+  private readonly counted = new Map<string, number>();
 
   constructor(
     readonly name: string,
-    options: { exactMatches?: number } = {},
+    options: { exactMatches?: number; maxRankedDf?: number } = {},
   ) {
     this.exact = Math.max(1, options.exactMatches ?? EXACT_MATCHES);
+    this.maxRankedDf = Math.max(1, options.maxRankedDf ?? MAX_RANKED_DF);
     if (name !== ":memory:") mkdirSync(dirname(name), { recursive: true });
     this.db = new Database(name);
     this.db.pragma("journal_mode = WAL");
@@ -336,9 +354,6 @@ export class SqliteSearchIndex implements SearchIndex {
       count: this.db.prepare("SELECT count(*) AS n FROM documents WHERE deleted = 0"),
       maxRowid: this.db.prepare("SELECT coalesce(max(rowid), 0) AS n FROM documents"),
       matches: this.db.prepare("SELECT rowid FROM documents_fts WHERE documents_fts MATCH ? LIMIT ?").pluck(),
-      countMatches: this.db
-        .prepare(`SELECT count(*) FROM (SELECT 1 FROM documents_fts WHERE documents_fts MATCH ? LIMIT ${MAX_COUNTED})`)
-        .pluck(),
       rankAll: this.db.prepare(
         `SELECT rowid AS key, ${BM25} AS s FROM documents_fts WHERE documents_fts MATCH ? ORDER BY s, rowid LIMIT ? OFFSET ?`,
       ),
@@ -495,6 +510,7 @@ export class SqliteSearchIndex implements SearchIndex {
 
   /** {@link search} without the promise. */
   searchSync(query: IndexQuery): { hits: IndexHit[]; total: number } {
+    this.counted.clear();
     const words = searchTokens(query.text);
     // Text with nothing searchable in it (only emoji or punctuation) matches nothing.
     if (words.length === 0 && query.text.trim()) return { hits: [], total: 0 };
@@ -542,8 +558,15 @@ export class SqliteSearchIndex implements SearchIndex {
     return quoted;
   }
 
+  /** Matches of `match`, counted up to `cap`; a query asks the same count once. */
   private countUpTo(match: string, cap: number): number {
-    return this.statements.countUpTo.get(match, cap) as number;
+    const key = `${cap}\u0000${match}`;
+    let n = this.counted.get(key);
+    if (n === undefined) {
+      n = this.statements.countUpTo.get(match, cap) as number;
+      this.counted.set(key, n);
+    }
+    return n;
   }
 
   /** ORDER BY for a sort field; ties by id, ascending. */
@@ -598,8 +621,9 @@ export class SqliteSearchIndex implements SearchIndex {
     const { limit, offset } = query;
     const text = `${TEXT_COLUMNS} : (${phrases.join(" AND ")})`;
     const rankable =
-      phrases.every((p) => this.countUpTo(`${TEXT_COLUMNS} : (${p})`, MAX_RANKED_DF) < MAX_RANKED_DF) &&
-      this.countUpTo(match, this.exact + 1) <= this.exact;
+      phrases.every(
+        (p) => this.countUpTo(`${TEXT_COLUMNS} : (${p})`, Math.max(MAX_COUNTED, this.maxRankedDf)) < this.maxRankedDf,
+      ) && this.countUpTo(match, this.exact + 1) <= this.exact;
     if (rankable) {
       const ranked = (
         facets.length === 0
@@ -652,9 +676,12 @@ export class SqliteSearchIndex implements SearchIndex {
     let keys = all;
     let total = all.length;
     if (all.length >= this.exact) {
-      total = this.statements.countMatches.get(match) as number;
+      total = this.countUpTo(match, MAX_COUNTED);
       keys = [];
-      const range = this.db.prepare(spec.range).get() as { lo: number | string; hi: number | string };
+      const range = {
+        lo: this.db.prepare(spec.range[0]).pluck().get() as number | string,
+        hi: this.db.prepare(spec.range[1]).pluck().get() as number | string,
+      };
       const asKeys = (v: number | string) =>
         spec.bucket({
           downloads: Number(v),

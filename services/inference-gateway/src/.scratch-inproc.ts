@@ -6,7 +6,8 @@ import { create } from "@bufbuild/protobuf";
 import { Registry } from "prom-client";
 import { HealthReporter, silentLogger } from "@nearhub/platform";
 import { ModelInferRequestSchema } from "@nearhub/proto/inference";
-import { ModelManager, LocalFolderSource, InferenceMetrics, mlpModel, seededFloats } from "./index.js";
+import { ModelManager, LocalFolderSource, InferenceMetrics, OnnxBackend, mlpModel, seededFloats } from "./index.js";
+const runMany = OnnxBackend.prototype.runMany;
 import { inferenceApi } from "./inference-api.js";
 
 const dir = await mkdtemp(join(tmpdir(), "inproc-"));
@@ -19,8 +20,10 @@ const metrics = new InferenceMetrics(new Registry());
 const models = new ModelManager({ source: new LocalFolderSource(dir), memoryBudgetBytes: 1 << 30, metrics, logger: silentLogger });
 const api = inferenceApi(models, new HealthReporter() as never, metrics);
 const input = seededFloats(64, 11);
-const ctx = { deadline: undefined, signal: new AbortController().signal } as never;
-for (const name of (process.env.MODELS ?? "mlp,mlp_batched").split(",")) {
+const ctx = { deadline: undefined, signal: new AbortController().signal, authorize: () => Promise.resolve(), can: () => true } as never;
+for (const spec of (process.env.MODELS ?? "mlp,mlp_batched").split(",")) {
+  const [name, grouping] = spec.split(":") as [string, string | undefined];
+  (OnnxBackend.prototype as { runMany?: unknown }).runMany = grouping === "off" ? undefined : runMany;
   const c = Number(process.env.C ?? 64);
   const mk = () => create(ModelInferRequestSchema, { modelName: name, inputs: [{ name: "input", datatype: "FP32", shape: [1n, 64n] }], rawInputContents: [new Uint8Array(input.buffer.slice(0))] });
   await api.modelInfer(mk(), ctx);
@@ -32,7 +35,7 @@ for (const name of (process.env.MODELS ?? "mlp,mlp_batched").split(",")) {
     await Promise.all(Array.from({ length: c }, async () => { while (performance.now() < end) { await api.modelInfer(mk(), ctx); n++; } }));
     const cpu = process.cpuUsage(cpu0);
     const wall = performance.now() - t0;
-    if (round) console.log(`${name} c=${c}: ${(n / wall * 1000).toFixed(0)} inf/s, cpu/req ${((cpu.user + cpu.system) / n).toFixed(1)} us, executions ${(await models.load(name, "1")).scheduler.executions}`);
+    if (round) console.log(`${spec} c=${c}: ${(n / wall * 1000).toFixed(0)} inf/s, cpu/req ${((cpu.user + cpu.system) / n).toFixed(1)} us, executions ${(await models.load(name, "1")).scheduler.executions}`);
   }
 }
 await models.close();

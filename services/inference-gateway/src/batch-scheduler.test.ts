@@ -260,8 +260,8 @@ describe("BatchScheduler", () => {
       [10, 11],
     );
     assert.equal(refused?.status, "rejected");
-    assert.equal(((refused).reason as NearhubError).code, Code.InvalidArgument);
-    assert.match(((refused).reason as Error).message, /rejected the inputs/);
+    assert.equal((refused.reason as NearhubError).code, Code.InvalidArgument);
+    assert.match((refused.reason as Error).message, /rejected the inputs/);
     assert.deepEqual(
       Array.from((b as PromiseFulfilledResult<{ outputs: WorkerTensor[] }>).value.outputs[0]?.data as Float32Array),
       [30, 31, 32, 33],

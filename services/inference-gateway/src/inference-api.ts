@@ -68,6 +68,8 @@ export function inferenceApi(
   health: HealthReporter,
   metrics: InferenceMetrics,
   remotes?: RemoteBackends,
+  /** Counts an inference for the audit trail (aggregated per caller and model). */
+  recordInference: (ctx: CallContext, resource: string) => void = () => undefined,
 ): ServiceImpl<typeof GRPCInferenceService> {
   /** True when the model is not held here but a remote backend serves it (local models win). */
   const isRemote = async (name: string, version: string): Promise<boolean> =>
@@ -208,7 +210,11 @@ export function inferenceApi(
       });
     },
     modelInfer(request, ctx) {
-      return ctx.authorize("infer", modelResource(request.modelName)).then(() => infer(request, ctx));
+      const resource = modelResource(request.modelName);
+      return ctx.authorize("infer", resource).then(() => {
+        recordInference(ctx, resource);
+        return infer(request, ctx);
+      });
     },
     async *modelStreamInfer(requests, ctx) {
       // Requests run concurrently (so they can share batches); responses go out as they finish,
@@ -244,6 +250,7 @@ export function inferenceApi(
                 continue;
               }
             }
+            recordInference(ctx, modelResource(request.modelName));
             while (inFlight >= STREAM_WINDOW) await new Promise<void>((r) => (wake = r));
             inFlight++;
             infer(request, { deadline: undefined, signal: ctx.signal })

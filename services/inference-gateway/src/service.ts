@@ -149,7 +149,12 @@ export async function startInferenceGateway(
         await pool.start();
         host.onStop(() => pool.close());
       }
-      host.serve(GRPCInferenceService, inferenceApi(manager, host.health, metrics, remotes));
+      host.serve(
+        GRPCInferenceService,
+        inferenceApi(manager, host.health, metrics, remotes, (ctx, resource) =>
+          host.access.countRead(ctx, "model.infer", resource),
+        ),
+      );
       // Runs before the gRPC server drains: requests in flight finish, then instances are freed.
       host.onStop(async () => {
         await manager.close();

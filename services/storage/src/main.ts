@@ -1,4 +1,3 @@
-import "./threadpool.js";
 import { runServiceMain } from "@nearhub/platform";
 import { storageEnv } from "./config.js";
 import { startStorage } from "./service.js";

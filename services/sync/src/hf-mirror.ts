@@ -4,6 +4,7 @@ import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import type { KV } from "@nats-io/kv";
 import {
   Code,
+  asService,
   NearhubError,
   publishAudit,
   type Bus,
@@ -60,7 +61,7 @@ function checkRepo(repo: RepoId | undefined): {
     key: `${kind}.${Buffer.from(repo.id).toString("base64url")}`,
     label: `${kind} ${repo.id}`,
     // The RBAC resource: `models/acme/bert`.
-    resource: `${PLURAL[repo.kind]}/${repo.id}`,
+    resource: `${PLURAL[repo.kind] ?? "models"}/${repo.id}`,
   };
 }
 
@@ -515,7 +516,8 @@ export class ModelMirrors {
           );
         }
         await audit(ctx, current ? "model-mirror.update" : "model-mirror.add", repo.label);
-        void this.tick().catch(() => undefined);
+        // The snapshot is the mirror's own work, not the caller's: it runs as the sync service.
+        void asService(() => this.tick()).catch(() => undefined);
         return { mirror, created: !current };
       },
       getModelMirror: async (request, ctx) => {

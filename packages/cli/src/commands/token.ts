@@ -45,7 +45,8 @@ export const tokenCommand: Command = {
     switch (sub) {
       case "create": {
         if (!values.role) throw new UsageError("token create needs --role viewer, developer, maintainer or admin");
-        if (positionals.length > 0) throw new UsageError(`token create takes no arguments; got ${positionals.join(" ")}`);
+        if (positionals.length > 0)
+          throw new UsageError(`token create takes no arguments; got ${positionals.join(" ")}`);
         const result = (await callApi(base, "POST", "/api/tokens", {
           role: values.role,
           scopes: values.scope ?? "*",
@@ -56,7 +57,7 @@ export const tokenCommand: Command = {
           [
             result.secret,
             "",
-            `token ${result.token.id}: ${result.token.role} on ${(result.token.scopes ?? []).join(", ")}, ${result.token.expiresAt ? `expires ${result.token.expiresAt}` : "never expires"}.`,
+            `token ${result.token.id}: ${result.token.role ?? "?"} on ${(result.token.scopes ?? []).join(", ")}, ${result.token.expiresAt ? `expires ${result.token.expiresAt}` : "never expires"}.`,
             "Copy it now: it is not shown again. Use it as NEARHUB_TOKEN, as 'Authorization: Bearer <token>', or as the git password.",
           ].join("\n"),
         );
@@ -66,9 +67,7 @@ export const tokenCommand: Command = {
         const result = (await callApi(base, "GET", `/api/tokens${values.revoked ? "?revoked=1" : ""}`)) as {
           tokens: TokenJson[];
         };
-        print(json, result, () =>
-          result.tokens.length === 0 ? "no tokens" : result.tokens.map(tokenLine).join("\n"),
-        );
+        print(json, result, () => (result.tokens.length === 0 ? "no tokens" : result.tokens.map(tokenLine).join("\n")));
         return 0;
       }
       case "revoke": {
@@ -119,7 +118,9 @@ export const roleCommand: Command = {
       case "bind": {
         const [subject, role, pattern] = positionals;
         if (!subject || !role || !pattern || positionals.length > 3)
-          throw new UsageError("role bind needs SUBJECT ROLE PATTERN, e.g. role bind group:ml developer 'models/acme/*'");
+          throw new UsageError(
+            "role bind needs SUBJECT ROLE PATTERN, e.g. role bind group:ml developer 'models/acme/*'",
+          );
         const result = (await callApi(base, "POST", "/api/roles", { subject, role, pattern })) as {
           binding: BindingJson;
           created: boolean;
@@ -130,7 +131,9 @@ export const roleCommand: Command = {
       case "list": {
         const query = values.subject ? `?subject=${encodeURIComponent(values.subject)}` : "";
         const result = (await callApi(base, "GET", `/api/roles${query}`)) as { bindings: BindingJson[] };
-        print(json, result, () => (result.bindings.length === 0 ? "no role bindings" : result.bindings.map(line).join("\n")));
+        print(json, result, () =>
+          result.bindings.length === 0 ? "no role bindings" : result.bindings.map(line).join("\n"),
+        );
         return 0;
       }
       case "unbind": {
@@ -151,7 +154,11 @@ export const whoamiCommand: Command = {
   name: "whoami",
   usage: ["nearhub whoami [--resource github.com/acme/x] [--json]"],
   async run(args, ctx) {
-    const { values } = parse(args, { url: { type: "string" }, resource: { type: "string" }, json: { type: "boolean" } });
+    const { values } = parse(args, {
+      url: { type: "string" },
+      resource: { type: "string" },
+      json: { type: "boolean" },
+    });
     const base = values.url ?? ctx.defaultUrl;
     const query = values.resource ? `?resource=${encodeURIComponent(values.resource)}` : "";
     const result = (await callApi(base, "GET", `/api/whoami${query}`)) as {

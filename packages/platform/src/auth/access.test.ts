@@ -89,7 +89,13 @@ describe("access control over gRPC: tokens, OIDC, service identities, revocation
     );
     address = `127.0.0.1:${host.grpcPort}`;
     // The policy owner, as the audit service would be: another process with its own connection.
-    ownerBus = await Bus.connect({ url: NATS_URL, name: "owner", source: "test", names: new Names(namespace), logger: silentLogger });
+    ownerBus = await Bus.connect({
+      url: NATS_URL,
+      name: "owner",
+      source: "test",
+      names: new Names(namespace),
+      logger: silentLogger,
+    });
     owner = await Access.start({ service: "audit", bus: ownerBus, config, logger: silentLogger });
   });
 
@@ -98,7 +104,10 @@ describe("access control over gRPC: tokens, OIDC, service identities, revocation
     await host?.stop();
     if (ownerBus) {
       for await (const info of ownerBus.jsm.streams.list())
-        if (info.config.name.startsWith(`${namespace.toUpperCase()}_`) || info.config.name.startsWith(`KV_${namespace}_`))
+        if (
+          info.config.name.startsWith(`${namespace.toUpperCase()}_`) ||
+          info.config.name.startsWith(`KV_${namespace}_`)
+        )
           await ownerBus.jsm.streams.delete(info.config.name);
       await ownerBus.drain(1000);
     }
@@ -135,11 +144,18 @@ describe("access control over gRPC: tokens, OIDC, service identities, revocation
       adminPrincipal,
     );
     // The echo service learns of the token through its KV watch.
-    await eventually(() => call("github.com/acme/rocket", bearer(token)).then(() => true, () => undefined));
+    await eventually(() =>
+      call("github.com/acme/rocket", bearer(token)).then(
+        () => true,
+        () => undefined,
+      ),
+    );
     await rejects(
       call("github.com/other/x", bearer(token)),
       Code.PermissionDenied,
-      new RegExp(`'write' on 'github.com/other/x' is not granted to token:${record.id} \\(role developer on github.com/acme/\\*\\)`),
+      new RegExp(
+        `'write' on 'github.com/other/x' is not granted to token:${record.id} \\(role developer on github.com/acme/\\*\\)`,
+      ),
     );
     const revokedAt = Date.now();
     await owner.store.revokeToken(record.id);
@@ -207,7 +223,11 @@ describe("access control over gRPC: tokens, OIDC, service identities, revocation
     await eventually(async () => (host.access.policy.bindings.size > 0 ? true : undefined));
     const answer = await call("models/acme/bert", bearer(await jwt({ groups: ["ml"] })));
     assert.equal(answer.principal, "user:alice");
-    await rejects(call("models/acme/bert", bearer(await jwt({ groups: ["ops"] }))), Code.PermissionDenied, /user:alice/);
+    await rejects(
+      call("models/acme/bert", bearer(await jwt({ groups: ["ops"] }))),
+      Code.PermissionDenied,
+      /user:alice/,
+    );
     await rejects(
       call("models/acme/bert", bearer(await jwt({ groups: ["ml"] }, { exp: Math.floor(Date.now() / 1000) - 3600 }))),
       Code.Unauthenticated,
@@ -219,7 +239,13 @@ describe("access control over gRPC: tokens, OIDC, service identities, revocation
       /claim 'iss'/,
     );
     const unsigned = `${Buffer.from(JSON.stringify({ alg: "none", typ: "JWT" })).toString("base64url")}.${Buffer.from(
-      JSON.stringify({ sub: "alice", iss: ISSUER, aud: "nearhub", groups: ["ml"], exp: Math.floor(Date.now() / 1000) + 60 }),
+      JSON.stringify({
+        sub: "alice",
+        iss: ISSUER,
+        aud: "nearhub",
+        groups: ["ml"],
+        exp: Math.floor(Date.now() / 1000) + 60,
+      }),
     ).toString("base64url")}.`;
     await rejects(call("models/acme/bert", bearer(unsigned)), Code.Unauthenticated, /JWT was refused/);
     const hs = await new SignJWT({ groups: ["ml"] })
@@ -243,7 +269,14 @@ describe("access control over gRPC: tokens, OIDC, service identities, revocation
       [{ [IDENTITY_HEADER]: "nhi1.e30.AAAA" }, /bad signature/],
       [{ [IDENTITY_HEADER]: "forged" }, /malformed/],
     ];
-    for (const [metadata, message] of cases) await rejects(call("github.com/acme/x", metadata), Code.Unauthenticated, message);
+    for (const [metadata, message] of cases)
+      await rejects(call("github.com/acme/x", metadata), Code.Unauthenticated, message);
+    // A huggingface.co token that huggingface_hub sends by itself is not ours: the caller is anonymous.
+    await rejects(
+      call("github.com/acme/x", { authorization: `Bearer hf_${"a".repeat(34)}` }),
+      Code.Unauthenticated,
+      /needs a signed-in caller/,
+    );
     // Basic with the token as password works (what git sends).
     const basic = `Basic ${Buffer.from(`git:${admin}`).toString("base64")}`;
     assert.match((await call("github.com/acme/x", { authorization: basic })).principal, /^token:/);

@@ -42,6 +42,12 @@ export class Access {
   readonly policy: Policy;
   readonly identity: IdentitySigner;
   private readonly oidc: OidcVerifier | undefined;
+  private readonly auditReads: boolean;
+  private readonly readCounts = new Map<
+    string,
+    { source: AccessSource; resource: string; action: string; count: number }
+  >();
+  private readTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     readonly service: string,
@@ -52,6 +58,7 @@ export class Access {
   ) {
     this.policy = store.policy;
     this.identity = new IdentitySigner(key, service);
+    this.auditReads = config.NEARHUB_AUDIT_READS === "on";
     this.oidc =
       config.NEARHUB_OIDC_ISSUER && config.NEARHUB_OIDC_JWKS_URL
         ? new OidcVerifier({
@@ -78,13 +85,66 @@ export class Access {
       // Known from the configuration even before (or without) the audit service recording it;
       // what the bucket says (e.g. revoked) wins.
       const record = bootstrapRecord(config.NEARHUB_ADMIN_TOKEN);
+      if (/^0+$/.test(record.id))
+        options.logger.warn(
+          "NEARHUB_ADMIN_TOKEN is a published placeholder (infra/k8s/secrets.yaml): anyone can use it; replace it with `nearhub token generate`",
+        );
       if (!policy.tokens.has(record.id)) policy.tokens.set(record.id, record);
     }
     return new Access(options.service, options.bus, store, Buffer.from(config.NEARHUB_INTERNAL_KEY, "base64"), config);
   }
 
-  stop(): Promise<void> {
-    return this.store.stop();
+  async stop(): Promise<void> {
+    if (this.readTimer) clearInterval(this.readTimer);
+    await this.flushReads();
+    await this.store.stop();
+  }
+
+  /**
+   * Records a read (a clone, a download) in the audit trail when reads are audited
+   * (NEARHUB_AUDIT_READS). It does not hold up the answer: the read has been served already.
+   */
+  recordRead(source: AccessSource, action: string, resource: string): void {
+    if (!this.auditReads) return;
+    void publishAudit(this.bus, this.service, { action, resource }, source).catch(() => undefined);
+  }
+
+  /**
+   * Counts a frequent read (an inference) and records one audit entry per caller, action and
+   * resource per minute with the count, so thousands of requests a second stay auditable.
+   */
+  countRead(source: AccessSource, action: string, resource: string): void {
+    if (!this.auditReads) return;
+    const key = `${source.principal.subject}\u0000${action}\u0000${resource}`;
+    const entry = this.readCounts.get(key);
+    if (entry) entry.count++;
+    else
+      this.readCounts.set(key, {
+        source: {
+          principal: source.principal,
+          peer: source.peer,
+          userAgent: source.userAgent ?? String(source.metadata?.get("user-agent")[0] ?? ""),
+        },
+        resource,
+        action,
+        count: 1,
+      });
+    this.readTimer ??= setInterval(() => void this.flushReads(), 60_000).unref();
+  }
+
+  private async flushReads(): Promise<void> {
+    const entries = [...this.readCounts.values()];
+    this.readCounts.clear();
+    await Promise.all(
+      entries.map((e) =>
+        publishAudit(
+          this.bus,
+          this.service,
+          { action: e.action, resource: e.resource, details: { count: String(e.count) } },
+          e.source,
+        ).catch(() => undefined),
+      ),
+    );
   }
 
   /** Who presented these credentials; anonymous when none. UNAUTHENTICATED when they are bad. */
@@ -120,7 +180,9 @@ export class Access {
         return this.bearer(password);
       }
       default:
-        throw unauthenticated(`the Authorization scheme '${scheme.slice(0, 20)}' is not supported: use 'Bearer <token>'`);
+        throw unauthenticated(
+          `the Authorization scheme '${scheme.slice(0, 20)}' is not supported: use 'Bearer <token>'`,
+        );
     }
   }
 
@@ -128,7 +190,11 @@ export class Access {
    * {@link authenticate}, with every refusal recorded in the audit trail (actor anonymous, the
    * reason in the details) before it is thrown.
    */
-  async authenticateAudited(credentials: Credentials, source: Omit<AccessSource, "principal">, resource: string): Promise<Principal> {
+  async authenticateAudited(
+    credentials: Credentials,
+    source: Omit<AccessSource, "principal">,
+    resource: string,
+  ): Promise<Principal> {
     try {
       return await this.authenticate(credentials);
     } catch (error) {
@@ -150,6 +216,9 @@ export class Access {
   }
 
   private async bearer(value: string): Promise<Principal> {
+    // A huggingface.co token that huggingface_hub sends on its own (the user is logged in there)
+    // is not ours and proves nothing here: the caller reads as anonymous.
+    if (/^hf_[A-Za-z0-9]{20,80}$/.test(value)) return anonymous;
     const parsed = parseToken(value);
     if (parsed) {
       const token = this.policy.tokens.get(parsed.id);
@@ -162,7 +231,9 @@ export class Access {
     }
     if (value.split(".").length === 3) {
       if (!this.oidc)
-        throw unauthenticated("JWTs are not accepted here: no OIDC issuer is configured (NEARHUB_OIDC_ISSUER, NEARHUB_OIDC_JWKS_URL)");
+        throw unauthenticated(
+          "JWTs are not accepted here: no OIDC issuer is configured (NEARHUB_OIDC_ISSUER, NEARHUB_OIDC_JWKS_URL)",
+        );
       return this.oidc.verify(value);
     }
     throw unauthenticated("the bearer credential is neither a nearhub API token (nhp_…) nor a JWT");

@@ -3,7 +3,15 @@ import assert from "node:assert/strict";
 import { Code, NearhubError } from "../errors.js";
 import type { Principal } from "../rpc-types.js";
 import { IdentitySigner } from "./identity.js";
-import { PERMISSIONS, ROLES, ROLE_PERMISSIONS, matchesPattern, patternProblem, type Permission, type Role } from "./permissions.js";
+import {
+  PERMISSIONS,
+  ROLES,
+  ROLE_PERMISSIONS,
+  matchesPattern,
+  patternProblem,
+  type Permission,
+  type Role,
+} from "./permissions.js";
 import { Policy, type TokenRecord } from "./policy.js";
 import { bindingId, bootstrapRecord } from "./policy-store.js";
 import { generateToken, hashSecret, parseToken, secretMatches } from "./tokens.js";
@@ -45,15 +53,23 @@ describe("tokens", () => {
   test("a generated token parses back, and only its secret matches the stored hash", () => {
     const { id, token, hash } = generateToken();
     const parsed = parseToken(token);
-    assert.equal(parsed?.id, id);
-    assert.ok(secretMatches(parsed!.secret, hash));
-    assert.equal(secretMatches(`${parsed!.secret.slice(0, -1)}A`, hash), parsed!.secret.endsWith("A") ? true : false);
-    assert.equal(hash, hashSecret(parsed!.secret));
+    assert.ok(parsed);
+    assert.equal(parsed.id, id);
+    assert.ok(secretMatches(parsed.secret, hash));
+    const flipped = `${parsed.secret.slice(0, -1)}${parsed.secret.endsWith("A") ? "B" : "A"}`;
+    assert.equal(secretMatches(flipped, hash), false);
+    assert.equal(hash, hashSecret(parsed.secret));
     assert.notEqual(generateToken().token, token);
   });
 
   test("malformed tokens are not tokens", () => {
-    for (const bad of ["", "nhp_", "nhp_zz_abc", `nhp_${"a".repeat(16)}_${"b".repeat(42)}`, `xx_${"a".repeat(16)}_${"b".repeat(43)}`])
+    for (const bad of [
+      "",
+      "nhp_",
+      "nhp_zz_abc",
+      `nhp_${"a".repeat(16)}_${"b".repeat(42)}`,
+      `xx_${"a".repeat(16)}_${"b".repeat(43)}`,
+    ])
       assert.equal(parseToken(bad), undefined, bad);
   });
 });
@@ -87,7 +103,8 @@ describe("policy: each role against each permission", () => {
         });
         const decision = policy.decide(user, permission, "github.com/acme/rocket");
         assert.equal(decision.allowed, granted);
-        if (!granted) assert.match(decision.reason, new RegExp(`'${permission.replace(".", "\\.")}' on 'github.com/acme/rocket'`));
+        if (!granted)
+          assert.match(decision.reason, new RegExp(`'${permission.replace(".", "\\.")}' on 'github.com/acme/rocket'`));
         // Outside the pattern nothing is granted.
         assert.equal(policy.decide(user, permission, "github.com/other/x").allowed, false);
       });
@@ -96,20 +113,29 @@ describe("policy: each role against each permission", () => {
 
   test("the role ladder is strictly increasing", () => {
     for (let i = 1; i < ROLES.length; i++) {
+      const role = ROLES[i] as Role;
       const lower = ROLE_PERMISSIONS[ROLES[i - 1] as Role];
-      const higher = ROLE_PERMISSIONS[ROLES[i] as Role];
-      for (const p of lower) assert.ok(higher.has(p), `${ROLES[i]} lacks ${p}`);
+      const higher = ROLE_PERMISSIONS[role];
+      for (const p of lower) assert.ok(higher.has(p), `${role} lacks ${p}`);
       assert.ok(higher.size > lower.size);
     }
   });
 });
 
 describe("policy: subjects", () => {
-  const read = (policy: Policy, p: Principal, r: string, perm: Permission = "read") => policy.decide(p, perm, r).allowed;
+  const read = (policy: Policy, p: Principal, r: string, perm: Permission = "read") =>
+    policy.decide(p, perm, r).allowed;
 
   test("group bindings apply to members, with or without the group: prefix", () => {
     const policy = new Policy();
-    policy.bindings.set("g", { id: "g", subject: "group:ml", role: "viewer", pattern: "models/acme/*", createdBy: "x", createdAt: 0 });
+    policy.bindings.set("g", {
+      id: "g",
+      subject: "group:ml",
+      role: "viewer",
+      pattern: "models/acme/*",
+      createdBy: "x",
+      createdAt: 0,
+    });
     assert.ok(read(policy, { subject: "user:bob", groups: ["group:ml"], method: "oidc" }, "models/acme/bert"));
     assert.ok(read(policy, { subject: "user:bob", groups: ["ml"], method: "oidc" }, "models/acme/bert"));
     assert.equal(read(policy, { subject: "user:bob", groups: ["ops"], method: "oidc" }, "models/acme/bert"), false);
@@ -122,7 +148,14 @@ describe("policy: subjects", () => {
     assert.equal(read(policy, anon, "github.com/private/x"), false);
     assert.equal(read(policy, anon, "github.com/public/x", "write"), false);
     assert.match(policy.decide(anon, "read", "github.com/private/x").reason, /signed-in caller/);
-    policy.bindings.set("a", { id: "a", subject: "anonymous", role: "viewer", pattern: "models/*", createdBy: "x", createdAt: 0 });
+    policy.bindings.set("a", {
+      id: "a",
+      subject: "anonymous",
+      role: "viewer",
+      pattern: "models/*",
+      createdBy: "x",
+      createdAt: 0,
+    });
     assert.ok(read(policy, anon, "models/acme/bert"));
     // Signed-in callers can read what anonymous can.
     assert.ok(read(policy, { subject: "user:z", groups: [], method: "oidc" }, "github.com/public/x"));
@@ -150,7 +183,14 @@ describe("policy: subjects", () => {
 
     // Created by alice, who is a viewer on acme: the developer token cannot write.
     policy.tokens.set("0123456789abcdef", token({ createdBy: "user:alice" }));
-    policy.bindings.set("v", { id: "v", subject: "user:alice", role: "viewer", pattern: "github.com/acme/*", createdBy: "x", createdAt: 0 });
+    policy.bindings.set("v", {
+      id: "v",
+      subject: "user:alice",
+      role: "viewer",
+      pattern: "github.com/acme/*",
+      createdBy: "x",
+      createdAt: 0,
+    });
     assert.ok(read(policy, t, "github.com/acme/rocket"));
     assert.equal(read(policy, t, "github.com/acme/rocket", "write"), false);
     policy.bindings.delete("v");
@@ -192,8 +232,10 @@ describe("identity assertions between services", () => {
       );
     refused(other.assert({ subject: "service:x", groups: [], method: "service" }), /bad signature/);
     const good = edge.assert({ subject: "user:alice", groups: [], method: "oidc" });
-    const [v, body, mac] = good.split(".");
-    const forgedBody = Buffer.from(JSON.stringify({ s: "service:edge", g: [], m: "service", i: "edge", e: Date.now() + 60_000 })).toString("base64url");
+    const [v = "", body = "", mac = ""] = good.split(".");
+    const forgedBody = Buffer.from(
+      JSON.stringify({ s: "service:edge", g: [], m: "service", i: "edge", e: Date.now() + 60_000 }),
+    ).toString("base64url");
     refused(`${v}.${forgedBody}.${mac}`, /bad signature/);
     refused(`${v}.${body}`, /malformed/);
     refused("garbage", /malformed/);

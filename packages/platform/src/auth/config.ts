@@ -25,6 +25,11 @@ export const authEnv = {
    */
   NEARHUB_INTERNAL_KEY: z
     .string()
+    .max(1024, "must be at most 1024 characters of base64")
+    .regex(
+      /^[A-Za-z0-9+/]+={0,2}$/,
+      "must be base64 (letters, digits, '+', '/', '=' padding), e.g. the output of `openssl rand -base64 32`",
+    )
     .refine(
       (v) => Buffer.from(v, "base64").length >= 32,
       "must be at least 32 random bytes in base64, e.g. the output of `openssl rand -base64 32`",
@@ -37,12 +42,19 @@ export const authEnv = {
    */
   NEARHUB_ADMIN_TOKEN: z
     .string()
-    .regex(/^nhp_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/, "must look like nhp_<16 hex>_<43 base64url characters> (see `nearhub token generate`)")
+    .regex(
+      /^nhp_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/,
+      "must look like nhp_<16 hex>_<43 base64url characters> (see `nearhub token generate`)",
+    )
     .optional(),
+  /** Whether reads (clones, downloads, inferences) are recorded in the audit trail too. */
+  NEARHUB_AUDIT_READS: z.enum(["on", "off"], { error: "must be on or off" }).default("on"),
   /** Resource patterns anyone may read without a token, comma-separated (e.g. `github.com/*`). */
   NEARHUB_ANONYMOUS_READ: patterns,
   /** OpenID Connect: JWTs from this issuer, for this audience, signed by a key of this JWKS. */
-  NEARHUB_OIDC_ISSUER: z.url({ error: "must be the issuer URL, e.g. https://login.example.com/realms/acme" }).optional(),
+  NEARHUB_OIDC_ISSUER: z
+    .url({ error: "must be the issuer URL, e.g. https://login.example.com/realms/acme" })
+    .optional(),
   NEARHUB_OIDC_AUDIENCE: z.string().min(1).max(256).optional(),
   NEARHUB_OIDC_JWKS_URL: z.url({ error: "must be the JWKS URL, e.g. https://login.example.com/certs" }).optional(),
   NEARHUB_OIDC_USER_CLAIM: z

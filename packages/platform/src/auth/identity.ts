@@ -49,7 +49,13 @@ export class IdentitySigner {
     const now = Date.now();
     const hit = this.signed.get(cacheKey);
     if (hit && hit.until > now) return hit.value;
-    const claims: Claims = { s: principal.subject, g: principal.groups, m: method, i: this.service, e: now + LIFETIME_MS };
+    const claims: Claims = {
+      s: principal.subject,
+      g: principal.groups,
+      m: method,
+      i: this.service,
+      e: now + LIFETIME_MS,
+    };
     const body = Buffer.from(JSON.stringify(claims)).toString("base64url");
     const value = `${VERSION}.${body}.${this.mac(body)}`;
     if (this.signed.size > 10_000) this.signed.clear();
@@ -62,8 +68,7 @@ export class IdentitySigner {
     const now = Date.now();
     const hit = this.verified.get(value);
     if (hit && hit.until > now) return hit.principal;
-    const refuse = (why: string) =>
-      new NearhubError(Code.Unauthenticated, `the ${IDENTITY_HEADER} assertion ${why}`);
+    const refuse = (why: string) => new NearhubError(Code.Unauthenticated, `the ${IDENTITY_HEADER} assertion ${why}`);
     if (value.length > MAX_LENGTH) throw refuse("is too long");
     const [version, body, mac, extra] = value.split(".");
     if (version !== VERSION || !body || !mac || extra !== undefined) throw refuse("is malformed");

@@ -6,7 +6,15 @@ export { asService, currentPrincipal, runAs } from "./context.js";
 export { IDENTITY_HEADER, IdentitySigner } from "./identity.js";
 export { OidcVerifier } from "./oidc.js";
 export type { OidcOptions } from "./oidc.js";
-export { PERMISSIONS, ROLES, ROLE_PERMISSIONS, isPermission, isRole, matchesPattern, patternProblem } from "./permissions.js";
+export {
+  PERMISSIONS,
+  ROLES,
+  ROLE_PERMISSIONS,
+  isPermission,
+  isRole,
+  matchesPattern,
+  patternProblem,
+} from "./permissions.js";
 export type { Permission, Role } from "./permissions.js";
 export { ANONYMOUS, BLOBS, Policy } from "./policy.js";
 export type { AccessDecision, BindingRecord, TokenRecord } from "./policy.js";

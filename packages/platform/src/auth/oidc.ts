@@ -55,7 +55,8 @@ export class OidcVerifier {
 function explain(error: unknown): string {
   if (error instanceof errors.JWTExpired) return "it has expired";
   if (error instanceof errors.JWTClaimValidationFailed) return `claim '${error.claim}' is wrong (${error.reason})`;
-  if (error instanceof errors.JOSEAlgNotAllowed) return "its algorithm is not allowed (use an asymmetric one such as RS256 or ES256)";
+  if (error instanceof errors.JOSEAlgNotAllowed)
+    return "its algorithm is not allowed (use an asymmetric one such as RS256 or ES256)";
   if (error instanceof errors.JWSSignatureVerificationFailed) return "its signature does not verify";
   if (error instanceof errors.JWKSNoMatchingKey) return "no key of the provider's JWKS matches it";
   if (error instanceof errors.JWKSTimeout) return "the provider's JWKS did not answer in time";

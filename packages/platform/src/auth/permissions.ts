@@ -75,10 +75,7 @@ export function matchesPattern(pattern: string, resource: string): boolean {
       return segment.replace(/[.+?^${}()|[\]\\-]/g, "\\$&").replace(/\*/g, "[^/]*");
     });
     const last = parts.at(-1);
-    const body =
-      last === null
-        ? `${parts.slice(0, -1).join("/")}/.+`
-        : parts.join("/");
+    const body = last === null ? `${parts.slice(0, -1).join("/")}/.+` : parts.join("/");
     re = new RegExp(`^${body}$`);
     if (compiled.size > 10_000) compiled.clear();
     compiled.set(pattern, re);

@@ -144,7 +144,8 @@ export class PolicyStore {
   }
 
   async revokeToken(id: string): Promise<TokenRecord> {
-    if (!/^[0-9a-f]{16}$/.test(id)) throw invalid(`'${id.slice(0, 40)}' is not a token id (16 hex characters, as \`nearhub token list\` shows)`);
+    if (!/^[0-9a-f]{16}$/.test(id))
+      throw invalid(`'${id.slice(0, 40)}' is not a token id (16 hex characters, as \`nearhub token list\` shows)`);
     for (let attempt = 0; attempt < 5; attempt++) {
       const entry = await this.kv.get(`token.${id}`);
       if (!entry || entry.operation !== "PUT" || entry.length === 0)
@@ -168,7 +169,9 @@ export class PolicyStore {
     creator: Principal,
   ): Promise<{ binding: BindingRecord; created: boolean }> {
     if (!SUBJECT.test(input.subject))
-      throw invalid(`'${input.subject.slice(0, 80)}' is not a subject: use user:NAME, group:NAME, token:ID, service:NAME or anonymous`);
+      throw invalid(
+        `'${input.subject.slice(0, 80)}' is not a subject: use user:NAME, group:NAME, token:ID, service:NAME or anonymous`,
+      );
     if (!isRole(input.role)) throw invalid(`'${input.role}' is not a role: use viewer, developer, maintainer or admin`);
     const problem = patternProblem(input.pattern);
     if (problem) throw invalid(problem);
@@ -189,7 +192,8 @@ export class PolicyStore {
       await this.kv.create(`binding.${id}`, JSON.stringify(binding));
     } catch {
       const entry = await this.kv.get(`binding.${id}`);
-      if (entry?.operation === "PUT" && entry.length > 0) return { binding: entry.json<BindingRecord>(), created: false };
+      if (entry?.operation === "PUT" && entry.length > 0)
+        return { binding: entry.json<BindingRecord>(), created: false };
       await this.kv.put(`binding.${id}`, JSON.stringify(binding));
     }
     this.policy.bindings.set(id, binding);
@@ -197,7 +201,8 @@ export class PolicyStore {
   }
 
   async deleteBinding(id: string): Promise<boolean> {
-    if (!/^[0-9a-f]{16}$/.test(id)) throw invalid(`'${id.slice(0, 40)}' is not a binding id (16 hex characters, as \`nearhub role list\` shows)`);
+    if (!/^[0-9a-f]{16}$/.test(id))
+      throw invalid(`'${id.slice(0, 40)}' is not a binding id (16 hex characters, as \`nearhub role list\` shows)`);
     const existed = this.policy.bindings.has(id) || (await this.kv.get(`binding.${id}`))?.operation === "PUT";
     if (existed) await this.kv.delete(`binding.${id}`);
     this.policy.bindings.delete(id);
@@ -225,7 +230,9 @@ export class PolicyStore {
 export function bootstrapRecord(token: string): TokenRecord {
   const parsed = parseToken(token);
   if (!parsed)
-    throw invalid("NEARHUB_ADMIN_TOKEN must look like nhp_<16 hex>_<43 base64url characters>; create one with `nearhub token generate`");
+    throw invalid(
+      "NEARHUB_ADMIN_TOKEN must look like nhp_<16 hex>_<43 base64url characters>; create one with `nearhub token generate`",
+    );
   return {
     id: parsed.id,
     name: "bootstrap admin (NEARHUB_ADMIN_TOKEN)",

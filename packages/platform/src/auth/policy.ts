@@ -110,7 +110,10 @@ export class Policy {
   private allowsAnywhere(principal: Principal, permission: Permission, now: number, depth: number): boolean {
     const subject = principal.subject;
     if (principal.method === "service" && subject.startsWith("service:")) return true;
-    if (permission === "read" && (this.anonymousRead.length > 0 || [...this.bindings.values()].some((b) => b.subject === ANONYMOUS)))
+    if (
+      permission === "read" &&
+      (this.anonymousRead.length > 0 || [...this.bindings.values()].some((b) => b.subject === ANONYMOUS))
+    )
       return true;
     if (subject === ANONYMOUS) return false;
     if (subject.startsWith("token:")) {
