@@ -56,9 +56,9 @@ async function startStorageProcess(env: Record<string, string>): Promise<{ port:
     {
       cwd: repoRoot,
       // Storage's work is fs calls on libuv's thread pool, where an fsync holds a thread for
-    // milliseconds: deploy it with a larger pool than the default 4 (read once, at start-up,
-    // so it must be in the environment, not set by the process itself).
-    env: { UV_THREADPOOL_SIZE: "32", ...process.env, ...env, NEARHUB_GRPC_PORT: String(port) },
+      // milliseconds: deploy it with a larger pool than the default 4 (read once, at start-up,
+      // so it must be in the environment, not set by the process itself).
+      env: { UV_THREADPOOL_SIZE: "32", ...process.env, ...env, NEARHUB_GRPC_PORT: String(port) },
       stdio: ["ignore", "ignore", "pipe"],
     },
   );

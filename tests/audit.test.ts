@@ -396,6 +396,7 @@ describe("audit verify: tampering with the trail or the query index is named", (
     try {
       const jsm = await jetstreamManager(nc);
       const last = await jsm.streams.getMessage(stream, { last_by_subj: subject });
+      assert.ok(last, "the trail holds records to forge after");
       const previous = fromJsonString(AuditRecordSchema, new TextDecoder().decode(last.data));
       forgedSequence = previous.sequence + 1n;
       const event = create(AuditEventSchema, {

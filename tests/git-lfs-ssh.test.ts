@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { chmod, mkdir, readFile } from "node:fs/promises";
@@ -14,18 +14,9 @@ import { startStorage, storageEnv } from "@nearhub/storage";
 import { serveGitHttpBackend, startSync, syncEnv, type HttpBackend, type SyncHandle } from "@nearhub/sync";
 import { createLfsDouble, type LfsDouble } from "@nearhub/testing";
 import { adminAuth, deleteNamespace, nats, serviceEnv, tempDir, uniqueNamespace } from "./harness.js";
+import { GIT_ENV, exec } from "./processes.js";
 
 const run = promisify(execFile);
-const GIT_ENV: NodeJS.ProcessEnv = {
-  ...process.env,
-  GIT_CONFIG_NOSYSTEM: "1",
-  GIT_CONFIG_GLOBAL: "/dev/null",
-  GIT_TERMINAL_PROMPT: "0",
-  GIT_AUTHOR_NAME: "t",
-  GIT_AUTHOR_EMAIL: "t@example.com",
-  GIT_COMMITTER_NAME: "t",
-  GIT_COMMITTER_EMAIL: "t@example.com",
-};
 // git-lfs as a filter, without installing hooks: pushes to the origin stay plain git.
 const LFS_FILTER = [
   "-c",
@@ -37,22 +28,6 @@ const LFS_FILTER = [
   "-c",
   "filter.lfs.required=true",
 ];
-
-/** Runs a command to its end without blocking this process (the services run in it). */
-function exec(command: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) {
-  return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-    const child = spawn(command, args, { cwd: opts.cwd, env: opts.env ?? GIT_ENV });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
-    const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
 
 /** git that must succeed. */
 async function git(args: string[], cwd?: string, env: NodeJS.ProcessEnv = {}) {

@@ -159,7 +159,11 @@ export async function up(options: UpOptions): Promise<number> {
     };
     const syncGitPort = await freePort(HOST, 7111);
     const sync = await plan("sync", 7101, 9101, { NEARHUB_GIT_HTTP_PORT: String(syncGitPort) });
-    const storage = await plan("storage", 7102, 9102);
+    // Storage's file and hashing work runs on libuv's pool: 4 threads (the default) queue up
+    // behind concurrent uploads.
+    const storage = await plan("storage", 7102, 9102, {
+      UV_THREADPOOL_SIZE: options.env["UV_THREADPOOL_SIZE"] ?? "32",
+    });
     const indexing = await plan("indexing", 7103, 9103, { NEARHUB_STORAGE_ADDR: `${HOST}:${storage.grpcPort}` });
     const audit = await plan("audit", 7104, 9104);
     const inference = await plan("inference-gateway", 8001, 8002, {

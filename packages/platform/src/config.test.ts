@@ -195,6 +195,16 @@ describe("parseEnv with a service's own schema", () => {
     }
   });
 
+  test("a secret's value is never quoted in the message", () => {
+    const error = configError(() =>
+      parseEnv("t", commonEnv, { NEARHUB_INTERNAL_KEY: "s3cr3t!!not-base64", NEARHUB_ADMIN_TOKEN: "nhp_leaky" }),
+    );
+    const text = error.problems.join("\n");
+    assert.doesNotMatch(text, /s3cr3t|nhp_leaky/);
+    assert.match(text, /NEARHUB_INTERNAL_KEY must be base64.*\(got 18 characters, not shown\)/);
+    assert.match(text, /NEARHUB_ADMIN_TOKEN must look like nhp_.*\(got 9 characters, not shown\)/);
+  });
+
   test("reads process.env by default", () => {
     const saved = process.env["NEARHUB_NAMESPACE"];
     process.env["NEARHUB_NAMESPACE"] = "fromenv";

@@ -113,7 +113,14 @@ export function parseEnv<T extends z.ZodRawShape>(
   const problems = result.error.issues.map((issue) => {
     const name = issue.path.join(".");
     const got = cleaned[name];
-    const shown = got === undefined ? "unset" : `got ${JSON.stringify(got.length > 80 ? `${got.slice(0, 80)}…` : got)}`;
+    // A secret's value never reaches a message (they end up in logs).
+    const secret = /TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL/i.test(name);
+    const shown =
+      got === undefined
+        ? "unset"
+        : secret
+          ? `got ${got.length} characters, not shown`
+          : `got ${JSON.stringify(got.length > 80 ? `${got.slice(0, 80)}…` : got)}`;
     return `${name} ${issue.message} (${shown})`;
   });
   throw new ConfigError(service, problems);

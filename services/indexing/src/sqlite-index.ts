@@ -31,6 +31,8 @@ export const EXACT_MATCHES = 2000;
  * rest, each most downloaded first.
  */
 export const MAX_RANKED_DF = 10_000;
+/** Ranked without bm25, matches come in tiers of this many, name matches first within each. */
+const NAME_TIER = 100;
 /** The last word expands to at most this many vocabulary words; beyond, FTS5's own prefix query runs. */
 const MAX_EXPANSION = 200;
 const TOKENIZE = `tokenize="unicode61 remove_diacritics 2"`;
@@ -84,7 +86,6 @@ const HIT_COLUMNS = `d.rowid, d.id, d.kind, d.title, d.description, d.author, d.
 const BM25 = "bm25(documents_fts, 10.0, 8.0, 2.0, 1.0, 0.5, 0.0)";
 /** User text matches these columns only; `facets` holds the filter and sort-bucket tokens. */
 const TEXT_COLUMNS = "{id title description file_names body}";
-const NAME_COLUMNS = "{id title}";
 
 /**
  * The vocabulary form of a typed word, when it is certain: FTS5's unicode61 folds ASCII case
@@ -263,6 +264,27 @@ function prefixEnd(prefix: string): string {
   return `${prefix}\uffff`;
 }
 
+/** Words as FTS5's unicode61 sees them, near enough for ordering: folded case and accents. */
+function foldedWords(text: string): string[] {
+  return text
+    .toLowerCase()
+    .normalize("NFD")
+    .replace(/\p{M}/gu, "")
+    .split(/[^\p{L}\p{N}]+/u)
+    .filter(Boolean);
+}
+
+/** Whether the id or title holds every typed word (the last as a prefix). */
+function namesMatch(words: string[], doc: { id: string; title: string }): boolean {
+  const names = new Set([...foldedWords(doc.id), ...foldedWords(doc.title)]);
+  return words.every((word, i) => {
+    const parts = foldedWords(word);
+    return parts.every((part, j) =>
+      i === words.length - 1 && j === parts.length - 1 ? [...names].some((n) => n.startsWith(part)) : names.has(part),
+    );
+  });
+}
+
 /**
  * The embedded search index: SQLite with FTS5 (bm25 ranking, prefix search), filters as
  * facet tokens inside the full-text query, sorts through indexed columns and sort buckets,
@@ -357,6 +379,7 @@ export class SqliteSearchIndex implements SearchIndex {
       rankAll: this.db.prepare(
         `SELECT rowid AS key, ${BM25} AS s FROM documents_fts WHERE documents_fts MATCH ? ORDER BY s, rowid LIMIT ? OFFSET ?`,
       ),
+      names: this.db.prepare("SELECT rowid, id, title FROM documents WHERE rowid IN (SELECT value FROM json_each(?))"),
       byRowids: this.db.prepare(
         `SELECT ${HIT_COLUMNS} FROM documents d WHERE d.rowid IN (SELECT value FROM json_each(?))`,
       ),
@@ -534,7 +557,7 @@ export class SqliteSearchIndex implements SearchIndex {
     const phrases = this.phrases(words);
     const text = phrases.length > 0 ? `${TEXT_COLUMNS} : (${phrases.join(" AND ")})` : undefined;
     const match = [...(text ? [text] : []), ...facets].join(" AND ");
-    if (field === SortField.RELEVANCE && text) return this.ranked(phrases, facets, match, query);
+    if (field === SortField.RELEVANCE && text) return this.ranked(words, phrases, facets, match, query);
     return this.sorted(match, field, descending, query);
   }
 
@@ -608,11 +631,13 @@ export class SqliteSearchIndex implements SearchIndex {
   /**
    * Matches ranked. When every word is in fewer than {@link MAX_RANKED_DF} documents and at
    * most {@link EXACT_MATCHES} documents match, by bm25 (facets filter the candidates, not
-   * the ranking). Otherwise bm25 would read millions of postings: documents matching every
-   * word in their id or title come first, then the others, each most downloaded first (the
-   * key order of the full-text table), and a page costs its own rows.
+   * the ranking). Otherwise bm25 would read millions of postings: matches are cut in tiers of
+   * {@link NAME_TIER} in key order (most downloaded first), and within a tier documents whose id
+   * or title holds every word come first; the order is (tier, name match, key), the same on
+   * every page, and a page costs one or two tiers.
    */
   private ranked(
+    words: string[],
     phrases: string[],
     facets: string[],
     match: string,
@@ -640,23 +665,45 @@ export class SqliteSearchIndex implements SearchIndex {
       const total = offset === 0 && ranked.length < limit ? rows.length : this.countUpTo(match, MAX_COUNTED);
       return { hits: rows.map((r) => toHit({ ...r, score: score.get(r.rowid) ?? 0 })), total };
     }
-    const names = [`${NAME_COLUMNS} : (${phrases.join(" AND ")})`, ...facets].join(" AND ");
-    const named = this.countUpTo(names, offset + limit);
-    const first = offset < named ? (this.statements.page.all(names, limit, offset) as number[]) : [];
-    const rest =
-      first.length < limit
-        ? (this.statements.page.all(
-            `(${match}) NOT ${NAME_COLUMNS} : (${phrases.join(" AND ")})`,
-            limit - first.length,
-            Math.max(0, offset - named),
-          ) as number[])
-        : [];
-    const byName = new Set(first.map((k) => k % KEY_SHIFT));
-    const rows = this.rowsOf([...first, ...rest]);
+    // Tiers of EXACT_MATCHES matches in key order (most downloaded first); within a tier,
+    // documents whose id or title holds every word come first. A page reads its tiers only.
+    const tier = Math.min(this.exact, NAME_TIER);
+    const keys: number[] = [];
+    // Set when a tier comes up short: the matches end there, and their number is known.
+    let counted: number | undefined;
+    for (let t = Math.floor(offset / tier); t <= Math.floor((offset + limit - 1) / tier); t++) {
+      const candidates = this.statements.page.all(match, tier, t * tier) as number[];
+      if (candidates.length < tier && (candidates.length > 0 || t === 0)) counted = t * tier + candidates.length;
+      const named = new Set(
+        this.namesOf(candidates)
+          .filter((r) => namesMatch(words, r))
+          .map((r) => r.rowid),
+      );
+      const ordered = [
+        ...candidates.filter((k) => named.has(k % KEY_SHIFT)),
+        ...candidates.filter((k) => !named.has(k % KEY_SHIFT)),
+      ];
+      const from = t === Math.floor(offset / tier) ? offset - t * tier : 0;
+      keys.push(...ordered.slice(from, from + limit - keys.length));
+      if (candidates.length < tier) break;
+    }
+    const byName = new Set<number>();
+    for (const r of this.namesOf(keys)) if (namesMatch(words, r)) byName.add(r.rowid);
+    const rows = this.rowsOf(keys);
     return {
       hits: rows.map((r) => toHit({ ...r, score: byName.has(r.rowid) ? 2 : 1 })),
-      total: this.countUpTo(match, MAX_COUNTED),
+      total: counted !== undefined ? Math.min(counted, MAX_COUNTED) : this.countUpTo(match, MAX_COUNTED),
     };
+  }
+
+  /** Ids and titles of these FTS keys. */
+  private namesOf(keys: number[]): Array<{ rowid: number; id: string; title: string }> {
+    if (keys.length === 0) return [];
+    return this.statements.names.all(JSON.stringify(keys.map((k) => k % KEY_SHIFT))) as Array<{
+      rowid: number;
+      id: string;
+      title: string;
+    }>;
   }
 
   /**

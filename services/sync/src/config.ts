@@ -1,5 +1,6 @@
 import { commonEnv, port } from "@nearhub/platform";
 import { z } from "zod";
+import { githubApiUrlsEnv, githubAppsEnv } from "./github-app.js";
 import { hfSyncEnv } from "./hf-config.js";
 
 /** Parses `name=url,name=url` into a map, rejecting what git could not fetch from. */
@@ -67,6 +68,10 @@ export const syncEnv = {
   NEARHUB_GIT_UPSTREAMS: upstreams,
   /** Per-upstream tokens, `github.com=ghp_…`; sent to git through its environment only. */
   NEARHUB_GIT_TOKENS: tokens,
+  /** Per-upstream GitHub Apps, `github.com=appId:installationId:/path/key.pem`; installation tokens are minted from them. */
+  NEARHUB_GIT_GITHUB_APPS: githubAppsEnv,
+  /** The GitHub API of an app's upstream, `github.com=https://api.github.com` (the default for https://github.com). */
+  NEARHUB_GIT_GITHUB_API_URLS: githubApiUrlsEnv,
   /** The internal git smart-HTTP port the edge proxies clones to. */
   NEARHUB_GIT_HTTP_PORT: port(7111),
   /** Parallel syncs per replica. */

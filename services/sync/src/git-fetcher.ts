@@ -13,7 +13,8 @@ import {
   type RefMap,
   type RepoLayout,
 } from "./git-repo.js";
-import { runGit, type GitResult, type RunGitOptions } from "./git-runner.js";
+import type { CredentialSource } from "./github-app.js";
+import { GitError, runGit, type GitResult, type RunGitOptions } from "./git-runner.js";
 import type { LfsMirror, LfsPointer } from "./lfs-mirror.js";
 import { parseUpstreamRefs, type UpstreamRefs } from "./pending-refs.js";
 
@@ -24,6 +25,8 @@ export interface FetcherOptions {
   upstreams: ReadonlyMap<string, string>;
   /** Upstream name → token, sent as an HTTP header through the environment (never argv, never logged). */
   tokens: ReadonlyMap<string, string>;
+  /** When set, the credential of an upstream comes from here (tokens and GitHub Apps) instead of `tokens`. */
+  credentials?: CredentialSource & { refused?(upstream: string): void };
   lsRemoteTimeoutMs: number;
   fetchTimeoutMs: number;
   cloneTimeoutMs: number;
@@ -116,9 +119,10 @@ export class GitFetcher {
     return `${base}/${spec.owner}/${spec.repo}.git`;
   }
 
-  private gitEnv(upstream: string): Record<string, string> {
+  private async gitEnv(upstream: string, signal?: AbortSignal): Promise<Record<string, string>> {
     const env: Record<string, string> = {};
-    const token = this.options.tokens.get(upstream);
+    const credentials = this.options.credentials;
+    const token = credentials ? await credentials.token(upstream, signal) : this.options.tokens.get(upstream);
     if (token) {
       // Through GIT_CONFIG_* so that the token never appears in a process list or a log line.
       env["GIT_CONFIG_COUNT"] = "1";
@@ -128,7 +132,8 @@ export class GitFetcher {
     return env;
   }
 
-  private git(spec: MirrorSpec, args: string[], opts: Omit<RunGitOptions, "env">): Promise<GitResult> {
+  private async git(spec: MirrorSpec, args: string[], opts: Omit<RunGitOptions, "env">): Promise<GitResult> {
+    const env = await this.gitEnv(spec.upstream, opts.signal);
     return runGit(
       [
         "-c",
@@ -139,8 +144,12 @@ export class GitFetcher {
         "protocol.version=2",
         ...args,
       ],
-      { ...opts, env: this.gitEnv(spec.upstream) },
-    );
+      { ...opts, env },
+    ).catch((error: unknown) => {
+      // A refused app token is minted afresh next time.
+      if (error instanceof GitError && error.kind === "auth") this.options.credentials?.refused?.(spec.upstream);
+      throw error;
+    });
   }
 
   /** Upstream's refs in the mirror's selection and its default branch. */

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { Code, NearhubError, type Client } from "@nearhub/platform";
 import type { StorageService } from "@nearhub/proto/storage";
 import { GitError, runGit } from "./git-runner.js";
+import type { CredentialSource } from "./github-app.js";
 
 /** One LFS pointer found in a mirrored tree. */
 export interface LfsPointer {
@@ -101,6 +102,8 @@ export class LfsMirror {
       storage: Client<typeof StorageService>;
       /** Per-upstream token, sent as git sends it (Basic x-access-token). */
       tokens: ReadonlyMap<string, string>;
+      /** When set, the credential of an upstream comes from here (tokens and GitHub Apps) instead of `tokens`. */
+      credentials?: CredentialSource;
       timeoutMs: number;
       /** Called with the bytes of every object downloaded. */
       onBytes?: (n: number) => void;
@@ -174,7 +177,9 @@ export class LfsMirror {
     }
     const missing = pointers.filter((p) => !present.has(p.oid));
     let bytes = 0;
-    const token = this.deps.tokens.get(upstream);
+    const token = this.deps.credentials
+      ? await this.deps.credentials.token(upstream, signal)
+      : this.deps.tokens.get(upstream);
     const auth = token ? `Basic ${Buffer.from(`x-access-token:${token}`).toString("base64")}` : undefined;
     const origin = new URL(repoUrl).origin;
     for (let i = 0; i < missing.length; i += BATCH_SIZE) {

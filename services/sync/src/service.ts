@@ -18,6 +18,7 @@ import { RegistryService } from "@nearhub/proto/registry";
 import { StorageService } from "@nearhub/proto/storage";
 import type { SyncConfig } from "./config.js";
 import { GitFetcher } from "./git-fetcher.js";
+import { UpstreamCredentials, resolveGitHubApps } from "./github-app.js";
 import { RepoLayout } from "./git-repo.js";
 import { createGitServer } from "./git-server.js";
 import { LfsMirror } from "./lfs-mirror.js";
@@ -43,6 +44,8 @@ export interface SyncHandle extends ServiceHost {
  */
 export async function startSync(config: SyncConfig, options: { logger?: Logger } = {}): Promise<SyncHandle> {
   let gitHttpPort = -1;
+  // Checked before anything starts: an app for an unknown upstream is a start-up error.
+  const githubApps = resolveGitHubApps(config);
   const host = await ServiceHost.start(
     {
       name: "sync",
@@ -94,9 +97,11 @@ export async function startSync(config: SyncConfig, options: { logger?: Logger }
         maxMessageBytes: 16 * 1024 * 1024,
       });
       host.onStop(() => lfsStorage.$close());
+      const credentials = new UpstreamCredentials(config.NEARHUB_GIT_TOKENS, githubApps);
       const lfs = new LfsMirror({
         storage: lfsStorage,
         tokens: config.NEARHUB_GIT_TOKENS,
+        credentials,
         timeoutMs: config.NEARHUB_GIT_FETCH_TIMEOUT_S * 1000,
         onBytes: (n) => metrics.bytesFetched.inc(n),
       });
@@ -105,6 +110,7 @@ export async function startSync(config: SyncConfig, options: { logger?: Logger }
         layout,
         upstreams: config.NEARHUB_GIT_UPSTREAMS,
         tokens: config.NEARHUB_GIT_TOKENS,
+        credentials,
         lsRemoteTimeoutMs: config.NEARHUB_GIT_LS_REMOTE_TIMEOUT_S * 1000,
         fetchTimeoutMs: config.NEARHUB_GIT_FETCH_TIMEOUT_S * 1000,
         cloneTimeoutMs: config.NEARHUB_GIT_CLONE_TIMEOUT_S * 1000,

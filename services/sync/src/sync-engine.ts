@@ -274,7 +274,7 @@ export class SyncEngine {
         s.state = MirrorState.PAUSED;
         s.pausedReason =
           kind === "auth"
-            ? `upstream refused the credentials: ${message.slice(0, 300)}; fix the token for ${def.upstream}, then: nearhub mirror resume ${def.name}`
+            ? `upstream refused the credentials: ${message.slice(0, 300)}; fix the token or GitHub App of ${def.upstream} (NEARHUB_GIT_TOKENS, NEARHUB_GIT_GITHUB_APPS), then: nearhub mirror resume ${def.name}`
             : `upstream has no such repository: ${message.slice(0, 300)}; check the name, then: nearhub mirror resume ${def.name}`;
       } else {
         s.state = MirrorState.FAILED;

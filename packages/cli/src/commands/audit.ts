@@ -69,6 +69,9 @@ export const auditCommand: Command = {
           base,
           "POST",
           `/api/audit/verify?since_sequence=${encodeURIComponent(since)}`,
+          undefined,
+          // Verification reads the whole trail: minutes on a large one, as the edge allows.
+          600_000,
         )) as {
           ok?: boolean;
           recordsChecked?: string;
