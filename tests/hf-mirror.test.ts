@@ -423,7 +423,7 @@ describe("Hugging Face mirror: unmodified clients through the edge", () => {
   test("whoami-v2 with nearhub tokens; CORS for browsers", async () => {
     const me = await raw(`${edgeUrl}/api/whoami-v2`, { headers: adminAuth(ns) });
     assert.equal(me.status, 200);
-    assert.match(JSON.parse(me.body.toString()).name, /^token:[0-9a-f]{16}$/);
+    assert.match((JSON.parse(me.body.toString()) as { name: string }).name, /^token:[0-9a-f]{16}$/);
     // A huggingface.co token is not ours: the caller is anonymous, and whoami says so.
     const foreign = await raw(`${edgeUrl}/api/whoami-v2`, {
       headers: { authorization: `Bearer hf_${"x".repeat(34)}` },

@@ -144,11 +144,23 @@ describe("nearhub model serve → registry in storage → inference gateway", { 
     ]);
     assert.equal(second.code, 0, second.stderr);
     const input = seededFloats(8, 4);
-    const v2 = await client.modelInfer({
-      modelName: "team--adder",
-      inputs: [{ name: "input", datatype: "FP32", shape: [1n, 8n] }],
-      rawInputContents: [new Uint8Array(input.buffer)],
-    });
+    // The gateway refreshes its model listing in the background (at most a second old), so the
+    // new version takes over within moments rather than on the very next request.
+    const v2 = await eventually(
+      () =>
+        client
+          .modelInfer({
+            modelName: "team--adder",
+            inputs: [{ name: "input", datatype: "FP32", shape: [1n, 8n] }],
+            rawInputContents: [new Uint8Array(input.buffer)],
+          })
+          .then(
+            (r) => (r.modelVersion === "2" ? r : undefined),
+            () => undefined,
+          ),
+      10_000,
+      "version 2 to serve requests without a version",
+    );
     assert.equal(v2.modelVersion, "2");
     const session = await ort.InferenceSession.create(mlp);
     const expected = (await session.run({ input: new ort.Tensor("float32", input, [1, 8]) }))["logits"];

@@ -9,7 +9,7 @@ import { currentPrincipal } from "./context.js";
 import { IDENTITY_HEADER, IdentitySigner } from "./identity.js";
 import { OidcVerifier } from "./oidc.js";
 import type { Permission } from "./permissions.js";
-import { ANONYMOUS, Policy, type AccessDecision } from "./policy.js";
+import { ANONYMOUS, Policy, type AccessDecision, type TokenRecord } from "./policy.js";
 import { PolicyStore, bootstrapRecord } from "./policy-store.js";
 import { parseToken, secretMatches } from "./tokens.js";
 
@@ -48,6 +48,8 @@ export class Access {
     { source: AccessSource; resource: string; action: string; count: number }
   >();
   private readTimer: NodeJS.Timeout | undefined;
+  /** Tokens whose secret matched, by the exact string, with the record it matched. */
+  private readonly verifiedTokens = new Map<string, TokenRecord>();
 
   private constructor(
     readonly service: string,
@@ -222,7 +224,11 @@ export class Access {
     const parsed = parseToken(value);
     if (parsed) {
       const token = this.policy.tokens.get(parsed.id);
-      if (!token || !secretMatches(parsed.secret, token.hash)) throw unauthenticated("the API token is not valid");
+      // The hash is checked once per token and record (a revocation replaces the record).
+      if (!token || (this.verifiedTokens.get(value) !== token && !secretMatches(parsed.secret, token.hash)))
+        throw unauthenticated("the API token is not valid");
+      if (this.verifiedTokens.size > 10_000) this.verifiedTokens.clear();
+      this.verifiedTokens.set(value, token);
       if (token.revokedAt !== undefined)
         throw unauthenticated(`the API token ${token.id} was revoked on ${new Date(token.revokedAt).toISOString()}`);
       if (token.expiresAt !== undefined && token.expiresAt <= Date.now())
