@@ -1,5 +1,6 @@
 import { commonEnv, port } from "@nearhub/platform";
 import { z } from "zod";
+import { listEntries } from "./env-list.js";
 import { githubApiUrlsEnv, githubAppsEnv } from "./github-app.js";
 import { hfSyncEnv } from "./hf-config.js";
 
@@ -9,13 +10,7 @@ const upstreams = z
   .default("github.com=https://github.com,gitlab.com=https://gitlab.com")
   .transform((value, ctx) => {
     const map = new Map<string, string>();
-    for (const part of value
-      .split(",")
-      .map((p) => p.trim())
-      .filter(Boolean)) {
-      const eq = part.indexOf("=");
-      const name = part.slice(0, eq).trim();
-      const url = part.slice(eq + 1).trim();
+    for (const { part, eq, name, value: url } of listEntries(value)) {
       if (eq <= 0 || !/^[a-z0-9][a-z0-9.-]*$/.test(name) || !/^(https?|file):\/\/\S+$/.test(url)) {
         ctx.addIssue({
           code: "custom",
@@ -38,16 +33,12 @@ const tokens = z
   .default("")
   .transform((value, ctx) => {
     const map = new Map<string, string>();
-    for (const part of value
-      .split(",")
-      .map((p) => p.trim())
-      .filter(Boolean)) {
-      const eq = part.indexOf("=");
+    for (const { part, eq, name, value: token } of listEntries(value)) {
       if (eq <= 0 || eq === part.length - 1) {
         ctx.addIssue({ code: "custom", message: "entries must be upstream=token, e.g. github.com=ghp_…" });
         return z.NEVER;
       }
-      map.set(part.slice(0, eq).trim(), part.slice(eq + 1).trim());
+      map.set(name, token);
     }
     return map;
   });

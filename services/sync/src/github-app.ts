@@ -4,6 +4,7 @@ import { isAbsolute } from "node:path";
 import { ConfigError } from "@nearhub/platform";
 import { SignJWT } from "jose";
 import { z } from "zod";
+import { listEntries } from "./env-list.js";
 import { GitError, redact } from "./git-runner.js";
 
 /** One GitHub App installation that authenticates the mirrors of an upstream. */
@@ -59,13 +60,8 @@ export const githubAppsEnv = z
   .default("")
   .transform((value, ctx) => {
     const map = new Map<string, GitHubApp>();
-    for (const part of value
-      .split(",")
-      .map((p) => p.trim())
-      .filter(Boolean)) {
-      const eq = part.indexOf("=");
-      const upstream = part.slice(0, eq).trim();
-      const [appId = "", installationId = "", ...rest] = part.slice(eq + 1).split(":");
+    for (const { part, eq, name: upstream, value: app } of listEntries(value)) {
+      const [appId = "", installationId = "", ...rest] = app.split(":");
       const keyPath = rest.join(":").trim();
       const shape =
         "must be upstream=appId:installationId:/path/to/key.pem, e.g. github.com=12345:67890:/etc/nearhub/app.pem";
@@ -105,13 +101,7 @@ export const githubApiUrlsEnv = z
   .default("")
   .transform((value, ctx) => {
     const map = new Map<string, string>();
-    for (const part of value
-      .split(",")
-      .map((p) => p.trim())
-      .filter(Boolean)) {
-      const eq = part.indexOf("=");
-      const upstream = part.slice(0, eq).trim();
-      const url = part.slice(eq + 1).trim();
+    for (const { part, eq, name: upstream, value: url } of listEntries(value)) {
       if (eq <= 0 || !UPSTREAM.test(upstream) || !/^https?:\/\/[^\s/@]+(\/\S*)?$/.test(url)) {
         ctx.addIssue({
           code: "custom",

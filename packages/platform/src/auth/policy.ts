@@ -110,11 +110,7 @@ export class Policy {
   private allowsAnywhere(principal: Principal, permission: Permission, now: number, depth: number): boolean {
     const subject = principal.subject;
     if (principal.method === "service" && subject.startsWith("service:")) return true;
-    if (
-      permission === "read" &&
-      (this.anonymousRead.length > 0 || [...this.bindings.values()].some((b) => b.subject === ANONYMOUS))
-    )
-      return true;
+    if (permission === "read" && (this.anonymousRead.length > 0 || this.bindsAnonymous())) return true;
     if (subject === ANONYMOUS) return false;
     if (subject.startsWith("token:")) {
       if (depth >= MAX_TOKEN_CHAIN) return false;
@@ -131,6 +127,11 @@ export class Policy {
     const subjects = new Set([subject, ...principal.groups.map((g) => (g.startsWith("group:") ? g : `group:${g}`))]);
     for (const binding of this.bindings.values())
       if (subjects.has(binding.subject) && ROLE_PERMISSIONS[binding.role].has(permission)) return true;
+    return false;
+  }
+
+  private bindsAnonymous(): boolean {
+    for (const binding of this.bindings.values()) if (binding.subject === ANONYMOUS) return true;
     return false;
   }
 
