@@ -125,10 +125,12 @@ describe("the edge's hot blob cache", () => {
       const ranges: Array<[number, number]> = [
         [0, data.length - 1],
         [0, 0],
-        [4 * MiB - 1, 4 * MiB], // across the first read boundary
-        [5, 8 * MiB + 7], // two full reads and a partial one
+        [MiB - 1, MiB], // across the first read boundary
+        [4 * MiB - 1, 4 * MiB],
+        [5, 8 * MiB + 7], // full reads and a partial one
         [data.length - 1, data.length - 1],
         [3, 4 * MiB - 1],
+        [MiB, 2 * MiB], // one full read and one byte
       ];
       // A few at once: the spare buffers are shared between transfers.
       await Promise.all(
