@@ -52,7 +52,14 @@ async function startStorageProcess(env: Record<string, string>): Promise<{ port:
   const port = await freePort();
   const child = spawn(
     process.execPath,
-    ["--conditions=development", "--import", "tsx", "services/storage/src/main.ts"],
+    [
+      // Extra node flags for the storage process, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
+      ...(process.env["BENCH_STORAGE_NODE_ARGS"] ?? "").split(" ").filter(Boolean),
+      "--conditions=development",
+      "--import",
+      "tsx",
+      "services/storage/src/main.ts",
+    ],
     {
       cwd: repoRoot,
       // Storage's work is fs calls on libuv's thread pool, where an fsync holds a thread for

@@ -7,6 +7,8 @@ import type { UploadSessions } from "./upload-sessions.js";
 
 /** The largest GetBlob message; gRPC's default receive limit is 4 MiB, so stay under it. */
 export const MAX_CHUNK = 4 * 1024 * 1024 - 1024;
+/** The smallest GetBlob message but the last: the backend's smaller pieces are gathered. */
+const MIN_MESSAGE = 1024 * 1024;
 const MAX_HAS = 10_000;
 
 function checkSha(sha256: string): string {
@@ -96,12 +98,28 @@ export function storageApi(store: BlobStore, bus: Bus, sessions: UploadSessions)
       const remaining = s.size - offset;
       const length = request.length === 0n ? remaining : Math.min(Number(request.length), remaining);
       if (length === 0) return;
+      // Each message costs a fixed amount on both ends (framing, a write of the client's): the
+      // backend's pieces (socket-sized from S3) go out gathered into messages of at least
+      // MIN_MESSAGE bytes, large ones as they are.
+      let batch: Uint8Array[] = [];
+      let batched = 0;
       for await (const chunk of store.get(sha, offset, length)) {
         if (ctx.signal.aborted) return;
-        for (let i = 0; i < chunk.byteLength; i += MAX_CHUNK) {
-          yield { chunk: chunk.subarray(i, Math.min(i + MAX_CHUNK, chunk.byteLength)) };
+        let bytes = chunk;
+        if (batched > 0 || chunk.byteLength < MIN_MESSAGE) {
+          batch.push(chunk);
+          batched += chunk.byteLength;
+          if (batched < MIN_MESSAGE) continue;
+          bytes = Buffer.concat(batch, batched);
+          batch = [];
+          batched = 0;
+        }
+        for (let i = 0; i < bytes.byteLength; i += MAX_CHUNK) {
+          yield { chunk: bytes.subarray(i, Math.min(i + MAX_CHUNK, bytes.byteLength)) };
         }
       }
+      if (batched > 0 && !ctx.signal.aborted)
+        yield { chunk: batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched) };
     },
 
     async presignGet(request) {

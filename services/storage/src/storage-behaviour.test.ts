@@ -23,7 +23,7 @@ import {
 } from "@nearhub/testing";
 import { storageEnv } from "./config.js";
 import { startStorage } from "./service.js";
-import { PIECE } from "./transfer-client.js";
+import { PIECE, downloadBlob, uploadFile } from "./transfer-client.js";
 
 const MiB = 1024 * 1024;
 
@@ -151,6 +151,20 @@ for (const backend of backends) {
       await rejectsWith(read(client, sha, 2n ** 63n), Code.OutOfRange, /past the end/);
       await rejectsWith(read(client, "a".repeat(64)), Code.NotFound, /is not stored/);
       await rejectsWith(read(client, "../../etc/passwd"), Code.InvalidArgument, /is not a sha256/);
+    });
+
+    test("uploadFile and downloadBlob round-trip a file, verified while it downloads", async () => {
+      const bytes = randomBytes(13 * MiB + 7);
+      const source = join(dir.path, `source-${randomUUID()}`);
+      await writeFile(source, bytes);
+      const up = await uploadFile(client, source, { chunkSize: 5 * MiB, parallel: 3 });
+      assert.equal(up.sha256, sha256(bytes));
+      assert.equal(up.chunksSent, 3);
+      // Odd range sizes, several in flight: ranges finish out of order and wait to be hashed.
+      const dest = join(dir.path, `dest-${randomUUID()}`);
+      const down = await downloadBlob(client, up.sha256, bytes.length, dest, { rangeSize: MiB + 3, parallel: 4 });
+      assert.equal(down.rangesFetched, 13);
+      assert.ok((await readFile(dest)).equals(bytes));
     });
 
     test("a resumable upload takes chunks in any order and in parallel, and commits once", async () => {

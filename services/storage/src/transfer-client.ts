@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { open, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { open, readFile, rename, rm, stat, writeFile, type FileHandle } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code, NearhubError, type Client } from "@nearhub/platform";
 import type { StorageService } from "@nearhub/proto/storage";
@@ -182,6 +182,63 @@ export async function uploadFile(
   };
 }
 
+/**
+ * sha256 of a file being written in ranges that finish in any order: each range is read back
+ * and hashed once it and every range before it are on disk, while later ones still arrive,
+ * instead of the whole file after the last one (from the page cache, through one buffer).
+ */
+class TrailingHash {
+  private readonly hash = createHash("sha256");
+  private readonly finished = new Set<number>();
+  private next = 0;
+  private hashed = 0;
+  private running: Promise<void> = Promise.resolve();
+  private buffer: Buffer | undefined;
+
+  constructor(
+    private readonly file: FileHandle,
+    private readonly size: number,
+    private readonly rangeSize: number,
+  ) {}
+
+  /** Range `index` is on disk. */
+  finish(index: number): void {
+    this.finished.add(index);
+    this.running = this.running.then(() => this.advance());
+  }
+
+  private async advance(): Promise<void> {
+    while (this.finished.has(this.next)) {
+      const end = Math.min(this.size, (this.next + 1) * this.rangeSize);
+      this.buffer ??= Buffer.allocUnsafe(4 * 1024 * 1024);
+      while (this.hashed < end) {
+        const want = Math.min(this.buffer.byteLength, end - this.hashed);
+        const { bytesRead } = await this.file.read(this.buffer, 0, want, this.hashed);
+        if (bytesRead === 0) throw new NearhubError(Code.DataLoss, "the download's file is shorter than written");
+        this.hash.update(this.buffer.subarray(0, bytesRead));
+        this.hashed += bytesRead;
+      }
+      this.next++;
+    }
+  }
+
+  /** Resolves when no read is in progress. */
+  async settled(): Promise<void> {
+    await this.running.catch(() => undefined);
+  }
+
+  /** The digest once every range finished; undefined if hashing failed (the caller reads the file). */
+  async result(): Promise<{ sha256: string; size: number } | undefined> {
+    try {
+      await this.running;
+    } catch {
+      return undefined;
+    }
+    if (this.hashed !== this.size) return undefined;
+    return { sha256: this.hash.digest("hex"), size: this.hashed };
+  }
+}
+
 /** Options of {@link downloadBlob}. */
 export interface DownloadOptions {
   /** Bytes per range request; 64 MiB by default. */
@@ -236,7 +293,11 @@ export async function downloadBlob(
   for (const i of done) options.onProgress?.(Math.min(rangeSize, size - i * rangeSize));
   const todo = [...Array(ranges).keys()].filter((i) => !done.has(i));
   const file = await open(part, "r+");
+  // The whole file is verified while it downloads, each range once it and those before it are in.
+  const trailing = new TrailingHash(file, size, rangeSize);
+  for (const i of done) trailing.finish(i);
   let fetched = 0;
+  let verified: { sha256: string; size: number } | undefined;
   let saving = Promise.resolve();
   const save = () => {
     saving = saving.then(() =>
@@ -268,6 +329,7 @@ export async function downloadBlob(
           },
         );
         await file.datasync();
+        trailing.finish(i);
         done.add(i);
         fetched++;
         options.onProgress?.(length);
@@ -275,11 +337,13 @@ export async function downloadBlob(
       }
     };
     await Promise.all(Array.from({ length: Math.max(1, options.parallel ?? 4) }, worker));
+    verified = await trailing.result();
   } finally {
+    await trailing.settled();
     await file.close();
     await saving;
   }
-  const actual = await hashFile(part);
+  const actual = verified ?? (await hashFile(part));
   if (actual.sha256 !== sha256 || actual.size !== size) {
     await rm(part, { force: true });
     await rm(journal, { force: true });
