@@ -5,29 +5,21 @@
  * a response of the same size (the floor gRPC itself sets on this machine). Prints throughput
  * and p50/p99 at concurrency 1, 8, 64 and 256, unary and streaming, with and without dynamic
  * batching; the p99 at 1,000 requests/s offered open-loop; the first-load time; and the
- * ratios against the targets. Load comes from bench/grpc-load.ts in a child process.
+ * ratios against the targets. Load comes from bench/grpc-load.ts in a child process; the gateway
+ * and the echo run together in another (bench/inference-servers.ts), with the same V8 flags, after
+ * an unmeasured warm-up of every path.
  */
 import { fork, type ChildProcess } from "node:child_process";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import * as grpc from "@grpc/grpc-js";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import {
-  GRPCInferenceService,
-  ModelInferRequestSchema,
-  ModelInferResponseSchema,
-  ModelStreamInferResponseSchema,
-} from "@nearhub/proto/inference";
-import { createClient, parseEnv, silentLogger } from "@nearhub/platform";
-import { inferenceEnv, mlpModel, seededFloats, startInferenceGateway } from "@nearhub/inference-gateway";
-import { adminAuth, nats, deleteNamespace, serviceEnv, uniqueNamespace } from "@nearhub/testing";
+import { mlpModel, seededFloats } from "@nearhub/inference-gateway";
 import * as ort from "onnxruntime-node";
 import type { LoadResult, LoadSpec } from "./grpc-load.js";
+import { SERVER_NODE_FLAGS, benchRequest, type ServersMessage, type ServersRequest } from "./inference-servers.js";
 
 const DURATION_MS = Number(process.env["BENCH_DURATION_MS"] ?? 1500);
 const WARMUP_MS = 300;
+/** Each path's unmeasured run before the first measured point (JIT warm-up). */
+const WARMUP_RUN_MS = Number(process.env["BENCH_WARMUP_RUN_MS"] ?? 1500);
 const CONCURRENCY = [1, 8, 64, 256];
 
 function fmt(n: number, digits = 0): string {
@@ -43,7 +35,7 @@ class LoadGenerator {
 
   static async start(metadata: Record<string, string>): Promise<LoadGenerator> {
     const child = fork(fileURLToPath(new URL("./grpc-load.ts", import.meta.url)), [], {
-      execArgv: ["--conditions=development", "--import", "tsx"],
+      execArgv: [...SERVER_NODE_FLAGS, "--conditions=development", "--import", "tsx"],
       stdio: ["ignore", "inherit", "inherit", "ipc"],
     });
     await new Promise<void>((resolve, reject) => {
@@ -78,58 +70,8 @@ class LoadGenerator {
 function row(label: string, r: LoadResult, unit = "req/s", itemsPerRequest = 1): string {
   const items = itemsPerRequest > 1 ? `  (${fmt(r.throughput * itemsPerRequest)} inferences/s)` : "";
   const errors = r.errors > 0 ? `  errors ${r.errors}: ${r.firstError ?? ""}` : "";
-  return `  ${label.padEnd(34)} ${fmt(r.throughput).padStart(7)} ${unit}  p50 ${fmt(r.p50, 2).padStart(6)} ms  p99 ${fmt(r.p99, 2).padStart(7)} ms${items}${errors}`;
-}
-
-/** A bare grpc-js server with the same serialization work: decode the request, encode a same-size response. */
-export async function echoServer(
-  response: Uint8Array,
-  streamResponse: Uint8Array,
-): Promise<{ port: number; stop: () => void }> {
-  // The transport options nearhub's RpcServer uses, so the gap is nearhub's own work.
-  const server = new grpc.Server({
-    "grpc.max_receive_message_length": 64 * 1024 * 1024,
-    "grpc.max_send_message_length": 64 * 1024 * 1024,
-    "grpc.keepalive_permit_without_calls": 1,
-    "grpc.enable_channelz": 0,
-  });
-  const responseMessage = fromBinary(ModelInferResponseSchema, response);
-  const streamMessage = fromBinary(ModelStreamInferResponseSchema, streamResponse);
-  const decode = (b: Buffer) => fromBinary(ModelInferRequestSchema, b);
-  server.addService(
-    {
-      ModelInfer: {
-        path: "/inference.GRPCInferenceService/ModelInfer",
-        requestStream: false,
-        responseStream: false,
-        requestDeserialize: decode,
-        requestSerialize: (m: unknown) => Buffer.from(toBinary(ModelInferRequestSchema, m as never)),
-        responseSerialize: (m: unknown) => Buffer.from(toBinary(ModelInferResponseSchema, m as never)),
-        responseDeserialize: (b: Buffer) => fromBinary(ModelInferResponseSchema, b),
-      },
-      ModelStreamInfer: {
-        path: "/inference.GRPCInferenceService/ModelStreamInfer",
-        requestStream: true,
-        responseStream: true,
-        requestDeserialize: decode,
-        requestSerialize: (m: unknown) => Buffer.from(toBinary(ModelInferRequestSchema, m as never)),
-        responseSerialize: (m: unknown) => Buffer.from(toBinary(ModelStreamInferResponseSchema, m as never)),
-        responseDeserialize: (b: Buffer) => fromBinary(ModelStreamInferResponseSchema, b),
-      },
-    },
-    {
-      ModelInfer: (_call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) =>
-        cb(null, responseMessage),
-      ModelStreamInfer: (call: grpc.ServerDuplexStream<unknown, unknown>) => {
-        call.on("data", () => call.write(streamMessage));
-        call.on("end", () => call.end());
-      },
-    },
-  );
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
-  );
-  return { port, stop: () => server.forceShutdown() };
+  const generator = r.generatorCpuUs === undefined ? "" : `  [generator ${fmt(r.generatorCpuUs)} µs/call]`;
+  return `  ${label.padEnd(34)} ${fmt(r.throughput).padStart(7)} ${unit}  p50 ${fmt(r.p50, 2).padStart(6)} ms  p99 ${fmt(r.p99, 2).padStart(7)} ms${items}${generator}${errors}`;
 }
 
 /** The model in-process: sequential batch-1 runs and batch-64 runs. */
@@ -162,61 +104,76 @@ async function inProcess(model: Uint8Array): Promise<{ single: LoadResult; batch
   return { single, batched };
 }
 
+/** The servers' process (bench/inference-servers.ts): the gateway and the echo floor. */
+class Servers {
+  private constructor(
+    private readonly child: ChildProcess,
+    readonly ready: Extract<ServersMessage, { type: "ready" }>,
+  ) {}
+
+  static async start(): Promise<Servers | string> {
+    const child = fork(fileURLToPath(new URL("./inference-servers.ts", import.meta.url)), [], {
+      execArgv: [...SERVER_NODE_FLAGS, "--conditions=development", "--import", "tsx"],
+      env: { ...process.env, NEARHUB_BENCH_SERVERS: "1" },
+      stdio: ["ignore", "inherit", "inherit", "ipc"],
+    });
+    const first = await new Promise<ServersMessage>((resolve, reject) => {
+      child.once("message", resolve);
+      child.once("exit", (code) => reject(new Error(`inference servers exited with ${String(code)}`)));
+    });
+    if (first.type === "ready") return new Servers(child, first);
+    child.kill();
+    return first.type === "skip" ? first.reason : `unexpected ${first.type}`;
+  }
+
+  private request(message: ServersRequest, answer?: ServersMessage["type"]): Promise<ServersMessage | undefined> {
+    return new Promise((resolve) => {
+      if (answer) {
+        const on = (m: ServersMessage) => {
+          if (m.type !== answer) return;
+          this.child.off("message", on);
+          resolve(m);
+        };
+        this.child.on("message", on);
+      } else resolve(undefined);
+      this.child.send(message);
+    });
+  }
+
+  /** Starts recording the servers' event-loop delay. */
+  async loopStart(): Promise<void> {
+    await this.request({ type: "loop-start" });
+  }
+
+  /** The servers' event-loop delay p99 (ms) since {@link loopStart}. */
+  async loopStop(): Promise<number> {
+    const m = await this.request({ type: "loop-stop" }, "loop");
+    return m?.type === "loop" ? m.p99 : NaN;
+  }
+
+  async stop(): Promise<void> {
+    const exited = new Promise<void>((resolve) => this.child.once("exit", () => resolve()));
+    await Promise.race([this.request({ type: "stop" }, "stopped"), exited]);
+    const timer = setTimeout(() => this.child.kill(), 5000);
+    await exited;
+    clearTimeout(timer);
+  }
+}
+
 export async function main(): Promise<void> {
-  const handle = await nats().catch(() => undefined);
-  if (!handle) {
-    console.log("inference: skipped (no NATS server: set NATS_URL or install nats-server)");
+  const servers = await Servers.start();
+  if (typeof servers === "string") {
+    console.log(`inference: skipped (${servers})`);
     return;
   }
-  const ns = uniqueNamespace("bench");
-  const dir = await mkdtemp(join(tmpdir(), "nearhub-bench-inference-"));
+  const { target, echoTarget, metadata, firstLoadMs } = servers.ready;
   const model = mlpModel(64, 256, 10);
-  const write = async (name: string, config: object) => {
-    await mkdir(join(dir, "models", name, "1"), { recursive: true });
-    await writeFile(join(dir, "models", name, "1", "model.onnx"), model);
-    await writeFile(join(dir, "models", name, "1", "nearhub-model.json"), JSON.stringify(config));
-  };
-  await write("mlp", { max_batch_size: 256, instances: 1 });
-  await write("mlp_batched", {
-    max_batch_size: 256,
-    instances: 1,
-    dynamic_batching: { max_queue_delay_microseconds: 0 },
-    max_queue_size: 4096,
+  const load = await LoadGenerator.start(metadata).catch(async (error: unknown) => {
+    await servers.stop();
+    throw error;
   });
-  const gateway = await startInferenceGateway(
-    parseEnv(
-      "inference-gateway",
-      inferenceEnv,
-      serviceEnv(handle.url, ns, dir, { NEARHUB_MODEL_DIR: join(dir, "models") }),
-    ),
-    { logger: silentLogger },
-  );
-  const load = await LoadGenerator.start(adminAuth(ns));
-  const target = `127.0.0.1:${gateway.grpcPort}`;
   try {
-    const input = seededFloats(64, 11);
-    const request = (modelName: string) =>
-      toBinary(
-        ModelInferRequestSchema,
-        create(ModelInferRequestSchema, {
-          modelName,
-          inputs: [{ name: "input", datatype: "FP32", shape: [1n, 64n] }],
-          rawInputContents: [new Uint8Array(input.buffer)],
-        }),
-      );
-
-    // First-load time: the first request loads the model (fetch, session, worker).
-    const client = createClient(GRPCInferenceService, target, { timeoutMs: 30_000, metadata: adminAuth(ns) });
-    const t0 = performance.now();
-    const first = await client.modelInfer(fromBinary(ModelInferRequestSchema, request("mlp")));
-    const firstLoadMs = performance.now() - t0;
-    await client.modelInfer(fromBinary(ModelInferRequestSchema, request("mlp_batched")));
-    const streamResponse = toBinary(
-      ModelStreamInferResponseSchema,
-      create(ModelStreamInferResponseSchema, { inferResponse: first }),
-    );
-    const echo = await echoServer(toBinary(ModelInferResponseSchema, first), streamResponse);
-    const echoTarget = `127.0.0.1:${echo.port}`;
+    const request = (modelName: string) => benchRequest(modelName);
 
     console.log(`inference: tiny MLP 64→256→10 FP32, loopback, ${DURATION_MS} ms per point, 2-core box shared`);
     console.log(`  first-load time (lazy load on first request, local folder): ${fmt(firstLoadMs, 1)} ms`);
@@ -228,6 +185,29 @@ export async function main(): Promise<void> {
 
     const unaryPath = "/inference.GRPCInferenceService/ModelInfer";
     const streamPath = "/inference.GRPCInferenceService/ModelStreamInfer";
+    // Warm-up, not measured: a fresh process runs its first seconds of calls at a fraction of
+    // its steady speed while V8 compiles the hot paths (measured: a bare echo at c=64 went
+    // 343 → 598 → 1447 calls/s over three back-to-back 3 s runs). Every path measured below —
+    // the generator's, the echo's and the gateway's — runs first, so no point pays for it.
+    for (const [to, path, kind, name, concurrency] of [
+      [echoTarget, unaryPath, "unary", "mlp", 64],
+      [target, unaryPath, "unary", "mlp", 64],
+      [target, unaryPath, "unary", "mlp_batched", 64],
+      [echoTarget, streamPath, "stream", "mlp", 64],
+      [target, streamPath, "stream", "mlp", 64],
+      [target, streamPath, "stream", "mlp_batched", 64],
+      [target, unaryPath, "unary", "mlp", 1],
+    ] as const) {
+      await load.run({
+        target: to,
+        path,
+        kind,
+        request: request(name),
+        concurrency,
+        warmupMs: 0,
+        durationMs: WARMUP_RUN_MS,
+      });
+    }
     // Unary points are measured interleaved (echo, then the gateway, per concurrency), so a
     // change in the machine's load hits the floor and the gateway alike; printed by section.
     const echoUnary = new Map<number, LoadResult>();
@@ -280,13 +260,16 @@ export async function main(): Promise<void> {
       }
     }
 
-    console.log("open loop, 1,000 requests/s offered (latency from the scheduled send time):");
+    console.log(
+      "open loop, 1,000 requests/s offered (latency from the scheduled send time; event-loop delay p99 of the generator and of the server's process):",
+    );
     const open: Record<string, LoadResult> = {};
     for (const [label, name, to] of [
       ["bare grpc-js echo", "mlp", echoTarget],
       ["mlp (no batching)", "mlp", target],
       ["mlp_batched", "mlp_batched", target],
     ] as const) {
+      const enable = setTimeout(() => void servers.loopStart(), 1000);
       const r = await load.run({
         target: to,
         path: unaryPath,
@@ -298,8 +281,12 @@ export async function main(): Promise<void> {
         warmupMs: 1000,
         durationMs: 3000,
       });
+      clearTimeout(enable);
+      const serverLoopP99 = await servers.loopStop();
       open[label] = r;
-      console.log(`${row(label, r)}  generator send lag p99 ${fmt(r.sendLagP99 ?? NaN, 2)} ms`);
+      console.log(
+        `${row(label, r)}  send lag p99 ${fmt(r.sendLagP99 ?? NaN, 2)} ms, p99 from the actual send ${fmt(r.p99FromSend ?? NaN, 2)} ms,  loop delay p99 generator ${fmt(r.generatorLoopDelayP99 ?? NaN, 1)} ms, server ${fmt(serverLoopP99, 1)} ms`,
+      );
     }
 
     const bestUnary = Math.max(
@@ -321,12 +308,8 @@ export async function main(): Promise<void> {
     );
     console.log(`  streaming with batching: ${fmt(bestStream)} inferences/s (target ≥ 8,000)`);
     console.log(`  gateway vs in-process compute floor (batch 1): ${fmt(bestUnary / floor.single.throughput, 2)}×`);
-    client.$close();
-    echo.stop();
   } finally {
     load.stop();
-    await gateway.stop();
-    await deleteNamespace(handle.url, ns).catch(() => undefined);
-    await rm(dir, { recursive: true, force: true });
+    await servers.stop();
   }
 }

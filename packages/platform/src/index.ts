@@ -22,7 +22,14 @@ export { createClient } from "./rpc-client.js";
 export type { ClientOptions } from "./rpc-client.js";
 export { methodDefinition, methodPath, serviceDefinition } from "./rpc-definition.js";
 export { RpcServer } from "./rpc-server.js";
-export type { Authenticate, Authorize, Decide, RpcServerOptions, ServerInterceptor } from "./rpc-server.js";
+export type {
+  AddServiceOptions,
+  Authenticate,
+  Authorize,
+  Decide,
+  RpcServerOptions,
+  ServerInterceptor,
+} from "./rpc-server.js";
 export type {
   CallContext,
   CallOptions,

@@ -68,16 +68,23 @@ function makeMethod(channel: grpc.Client, address: string, method: DescMethod, o
       : (options.streamTimeoutMs ?? 300_000));
   const metadataFor = (call?: CallOptions) => {
     const md = new grpc.Metadata();
-    for (const [k, v] of Object.entries({ ...options.metadata, ...options.callMetadata?.(), ...call?.metadata }))
-      md.set(k, v);
+    // Later sources win, as `set` replaces: the client's, then the per-call function's, then the call's.
+    setAll(md, options.metadata);
+    if (options.callMetadata) setAll(md, options.callMetadata());
+    setAll(md, call?.metadata);
     injectIntoMetadata(md);
     return md;
   };
-  const observe = (started: bigint, code: Code) =>
-    options.metrics?.rpcClientDuration.observe(
-      { rpc_service: method.parent.typeName, method: method.name, code: codeName(code) },
-      Number(process.hrtime.bigint() - started) / 1e9,
-    );
+  // The histogram's child per status code, bound on first use rather than labelled per call.
+  const durations: Array<{ observe(value: number): void } | undefined> = [];
+  const observe = (started: bigint, code: Code) => {
+    if (!options.metrics) return;
+    (durations[code] ??= options.metrics.rpcClientDuration.labels({
+      rpc_service: method.parent.typeName,
+      method: method.name,
+      code: codeName(code),
+    })).observe(Number(process.hrtime.bigint() - started) / 1e9);
+  };
   const fail = (error: unknown): NearhubError => toClientError(error, fullMethod, address);
   const spanOptions = {
     kind: SpanKind.CLIENT,
@@ -261,6 +268,11 @@ async function pump(
     }
   }
   stream.end();
+}
+
+function setAll(md: grpc.Metadata, values: Record<string, string> | undefined): void {
+  if (!values) return;
+  for (const key in values) md.set(key, values[key] as string);
 }
 
 function abortOn(signal: AbortSignal | undefined, cancel: () => void): void {

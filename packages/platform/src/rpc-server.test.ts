@@ -7,6 +7,7 @@ import { SpanKind, trace } from "@opentelemetry/api";
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { EchoService } from "@nearhub/proto/echo";
 import { Health } from "@nearhub/proto/health";
+import { currentPrincipal } from "./auth/context.js";
 import { Code, NearhubError } from "./errors.js";
 import { silentLogger } from "./logger.js";
 import { ServiceMetrics } from "./metrics.js";
@@ -453,6 +454,7 @@ describe("RpcServer deadlines and cancellation", () => {
       if (!ctx.signal.aborted)
         await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve, { once: true }));
       assert.equal(ctx.signal.aborted, true);
+      assert.equal(ctx.aborted, true, "aborted reads the same without the signal");
       assert.ok(ctx.signal.reason instanceof NearhubError);
       assert.ok([Code.DeadlineExceeded, Code.Cancelled].includes(ctx.signal.reason.code));
     } finally {
@@ -464,10 +466,12 @@ describe("RpcServer deadlines and cancellation", () => {
   test("the server ends the call at the deadline even when the handler ignores its signal", async () => {
     let release!: () => void;
     const released = new Promise<void>((resolve) => (release = resolve));
+    let handlerCtx: CallContext | undefined;
     const running = await startEcho(
       {},
       {
-        echo: async () => {
+        echo: async (_request, ctx) => {
+          handlerCtx = ctx;
           await released;
           return { text: "too late" };
         },
@@ -477,6 +481,11 @@ describe("RpcServer deadlines and cancellation", () => {
     try {
       const error = await rejection(client.echo({ text: "x" }, { timeoutMs: 100 }));
       assert.equal(error.code, Code.DeadlineExceeded);
+      // The signal is made on first use: read only now, it is already aborted.
+      for (let i = 0; i < 100 && !handlerCtx?.aborted; i++) await sleep(10);
+      assert.equal(handlerCtx?.aborted, true);
+      assert.equal(handlerCtx?.signal.aborted, true);
+      assert.ok(handlerCtx?.signal.reason instanceof NearhubError);
       // The server observed the call as failed, not as a late success.
       for (let i = 0; i < 100; i++) {
         const failed =
@@ -583,6 +592,37 @@ describe("RpcServer authentication and interceptors", () => {
     } finally {
       client.$close();
       await running.close();
+    }
+  });
+
+  test("the handler runs as the principal, unless the service opts out of the principal context", async () => {
+    for (const principalContext of [true, false]) {
+      const metrics = new ServiceMetrics("test");
+      let seen: string | undefined = "unset";
+      const server: RpcServer = new RpcServer({ service: "test", logger: silentLogger, metrics, authenticate });
+      server.addService(
+        EchoService,
+        echoImpl(
+          { calls: 0, contexts: [] },
+          {
+            echo: async (request, ctx): Promise<{ text: string; principal: string }> => {
+              seen = currentPrincipal()?.subject;
+              return { text: request.text, principal: ctx.principal.subject };
+            },
+          },
+        ),
+        { principalContext },
+      );
+      const port: number = await server.listen("127.0.0.1", 0);
+      const client = createClient(EchoService, `127.0.0.1:${port}`, { metadata: { authorization: "Bearer good" } });
+      try {
+        const response: { principal: string } = await client.echo({ text: "x" });
+        assert.equal(response.principal, "user:alice", "ctx.principal is set either way");
+        assert.equal(seen, principalContext ? "user:alice" : undefined);
+      } finally {
+        client.$close();
+        await server.shutdown(1000);
+      }
     }
   });
 

@@ -1,5 +1,6 @@
 import { once } from "node:events";
 import type * as http2 from "node:http2";
+import type { Socket } from "node:net";
 import { create, type DescMethod, type DescService } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
@@ -51,47 +52,96 @@ const anonymous: Principal = { subject: "anonymous", groups: [] };
 const QUIET_SERVICES = new Set(["grpc.health.v1.Health"]);
 const tracer = trace.getTracer("nearhub-rpc");
 
-/** What every call of one method shares, computed once per method rather than per call. */
+/** Options of one service registered with {@link RpcServer.addService}. */
+export interface AddServiceOptions {
+  /**
+   * Whether handlers run inside `runAs(principal)`, so calls they make to other services carry
+   * the caller's identity (default true). A service whose handlers make no such calls, or wrap
+   * the few that do in `runAs` themselves, turns it off: entering AsyncLocalStorage is what
+   * switches Node 20's promise hooks on, a cost every promise of the process then pays.
+   */
+  principalContext?: boolean;
+}
+
+/** What every call of one method shares, computed once when the service is added. */
 interface MethodInfo {
+  name: string;
   serviceName: string;
   fullMethod: string;
   quiet: boolean;
+  principalContext: boolean;
   spanOptions: { kind: SpanKind; attributes: Record<string, string> };
+  cancelledMessage: string;
+  deadlineMessage: string;
+  /** The RED histogram's child per status code, bound on first use. */
+  durations: Array<{ observe(value: number): void } | undefined>;
 }
 
-function methodInfo(method: DescMethod): MethodInfo {
-  const serviceName = method.parent.typeName;
-  return {
-    serviceName,
-    fullMethod: `${serviceName}/${method.name}`,
-    quiet: QUIET_SERVICES.has(serviceName),
-    // The SDK copies span attributes, so one object serves every call.
-    spanOptions: {
-      kind: SpanKind.SERVER,
-      attributes: { "rpc.system": "grpc", "rpc.service": serviceName, "rpc.method": method.name },
-    },
-  };
-}
-
-/** The context of one call; its logger is created on first use (most calls never log). */
+/**
+ * The context of one call. What most calls never touch is made on first use: the logger, the
+ * deadline's Date and the AbortSignal (with the listener for the client's cancellation), so a
+ * call that reads none of them pays for none.
+ */
 class ServerCallContext implements CallContext {
   principal: Principal = anonymous;
   authorizer: Authorize | undefined;
   decider: Decide | undefined;
   private callLogger: Logger | undefined;
+  private deadlineDate: Date | undefined;
+  private controller: AbortController | undefined;
+  private abortReason: NearhubError | undefined;
+  private cancelListener: (() => void) | undefined;
+  private finished = false;
 
   constructor(
     readonly method: string,
     readonly service: string,
     readonly peer: string,
     readonly metadata: grpc.Metadata,
-    readonly deadline: Date | undefined,
-    readonly signal: AbortSignal,
+    /** Epoch milliseconds; NaN when the client set no deadline. */
+    readonly deadlineMs: number,
+    private readonly call: AnyCall,
+    private readonly cancelledMessage: string,
     private readonly parentLogger: Logger,
   ) {}
 
   get logger(): Logger {
     return (this.callLogger ??= this.parentLogger.child({ component: "rpc", method: this.method }));
+  }
+
+  get deadline(): Date | undefined {
+    if (Number.isNaN(this.deadlineMs)) return undefined;
+    return (this.deadlineDate ??= new Date(this.deadlineMs));
+  }
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.abortReason) this.controller.abort(this.abortReason);
+      else if (this.call.cancelled) this.abort(new NearhubError(Code.Cancelled, this.cancelledMessage));
+      else if (!this.finished) {
+        this.cancelListener = () => this.abort(new NearhubError(Code.Cancelled, this.cancelledMessage));
+        (this.call as unknown as NodeJS.EventEmitter).on("cancelled", this.cancelListener);
+      }
+    }
+    return this.controller.signal;
+  }
+
+  get aborted(): boolean {
+    return this.abortReason !== undefined || this.call.cancelled;
+  }
+
+  /** Aborts the call's signal (now if it exists, or as it is created). */
+  abort(reason: NearhubError): void {
+    if (this.abortReason) return;
+    this.abortReason = reason;
+    this.controller?.abort(reason);
+  }
+
+  /** The call is over: stop listening for its cancellation. */
+  finish(): void {
+    this.finished = true;
+    if (this.cancelListener) (this.call as unknown as NodeJS.EventEmitter).off("cancelled", this.cancelListener);
   }
 
   authorize(permission: Permission, resource: string): Promise<void> {
@@ -111,7 +161,6 @@ class ServerCallContext implements CallContext {
 export class RpcServer {
   private readonly server: grpc.Server;
   private readonly options: RpcServerOptions;
-  private readonly methods = new Map<DescMethod, MethodInfo>();
   private boundPort = -1;
 
   constructor(options: RpcServerOptions) {
@@ -140,7 +189,7 @@ export class RpcServer {
   }
 
   /** Registers a service implementation: one typed handler per method. */
-  addService<S extends DescService>(service: S, impl: ServiceImpl<S>): void {
+  addService<S extends DescService>(service: S, impl: ServiceImpl<S>, options: AddServiceOptions = {}): void {
     const handlers: grpc.UntypedServiceImplementation = {};
     const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
     for (const method of service.methods) {
@@ -149,7 +198,7 @@ export class RpcServer {
         throw new Error(`${service.typeName}: no handler for ${method.name}`);
       }
       definition[method.name] = methodDefinition(method);
-      handlers[method.name] = this.bind(method, fn.bind(impl) as Handler);
+      handlers[method.name] = this.bind(method, fn.bind(impl) as Handler, options.principalContext ?? true);
     }
     this.server.addService(definition, handlers);
   }
@@ -189,26 +238,44 @@ export class RpcServer {
     });
   }
 
-  private bind(method: DescMethod, handler: Handler): grpc.UntypedHandleCall {
-    const kind = method.methodKind;
-    const run = (call: AnyCall, body: (ctx: CallContext) => Promise<void>) => this.runCall(method, call, body);
-    switch (kind) {
+  private bind(method: DescMethod, handler: Handler, principalContext: boolean): grpc.UntypedHandleCall {
+    const serviceName = method.parent.typeName;
+    const fullMethod = `${serviceName}/${method.name}`;
+    const info: MethodInfo = {
+      name: method.name,
+      serviceName,
+      fullMethod,
+      quiet: QUIET_SERVICES.has(serviceName),
+      principalContext,
+      // The SDK copies span attributes, so one object serves every call.
+      spanOptions: {
+        kind: SpanKind.SERVER,
+        attributes: { "rpc.system": "grpc", "rpc.service": serviceName, "rpc.method": method.name },
+      },
+      cancelledMessage: `${fullMethod}: the client cancelled the call`,
+      deadlineMessage: `${fullMethod}: the deadline passed before the call finished`,
+      durations: [],
+    };
+    const output = method.output;
+    switch (method.methodKind) {
       case "unary":
         return (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
           let response: unknown;
-          run(call, async (ctx) => {
-            response = create(method.output, (await handler(call.request, ctx)) as never);
-          }).then(
+          this.runCall(info, call, (ctx) =>
+            Promise.resolve(handler(call.request, ctx)).then((out) => {
+              response = create(output, out as never);
+            }),
+          ).then(
             () => callback(null, response),
             (error: unknown) => callback(toServiceError(error)),
           );
         };
       case "server_streaming":
         return (call: grpc.ServerWritableStream<unknown, unknown>) => {
-          run(call, async (ctx) => {
+          this.runCall(info, call, async (ctx) => {
             for await (const out of handler(call.request, ctx) as AsyncIterable<unknown>) {
-              if (ctx.signal.aborted) break;
-              if (!call.write(create(method.output, out as never))) await drained(call, ctx.signal);
+              if (ctx.aborted) break;
+              if (!call.write(create(output, out as never))) await drained(call, ctx.signal);
             }
           }).then(
             () => call.end(),
@@ -218,8 +285,8 @@ export class RpcServer {
       case "client_streaming":
         return (call: grpc.ServerReadableStream<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
           let response: unknown;
-          run(call, async (ctx) => {
-            response = create(method.output, (await handler(call as AsyncIterable<unknown>, ctx)) as never);
+          this.runCall(info, call, async (ctx) => {
+            response = create(output, (await handler(call as AsyncIterable<unknown>, ctx)) as never);
           }).then(
             () => callback(null, response),
             (error: unknown) => callback(toServiceError(error)),
@@ -227,13 +294,13 @@ export class RpcServer {
         };
       case "bidi_streaming":
         return (call: grpc.ServerDuplexStream<unknown, unknown>) => {
-          run(call, async (ctx) => {
+          this.runCall(info, call, async (ctx) => {
             // The default stream iterator destroys the call when the requests end, and a
             // destroyed grpc-js call never sends its status: the client would hang.
             const requests = call.iterator({ destroyOnReturn: false }) as AsyncIterable<unknown>;
             for await (const out of handler(requests, ctx) as AsyncIterable<unknown>) {
-              if (ctx.signal.aborted) break;
-              if (!call.write(create(method.output, out as never))) await drained(call, ctx.signal);
+              if (ctx.aborted) break;
+              if (!call.write(create(output, out as never))) await drained(call, ctx.signal);
             }
           }).then(
             () => call.end(),
@@ -243,72 +310,49 @@ export class RpcServer {
     }
   }
 
-  private async runCall(method: DescMethod, call: AnyCall, body: (ctx: CallContext) => Promise<void>): Promise<void> {
-    const { logger, metrics, service } = this.options;
-    let info = this.methods.get(method);
-    if (!info) this.methods.set(method, (info = methodInfo(method)));
-    const { serviceName, fullMethod, quiet } = info;
-    const controller = new AbortController();
+  private async runCall(info: MethodInfo, call: AnyCall, body: (ctx: CallContext) => Promise<void>): Promise<void> {
+    const { logger, service } = this.options;
+    const { fullMethod, quiet } = info;
     const rawDeadline = call.getDeadline();
-    const deadlineMs = rawDeadline instanceof Date ? rawDeadline.getTime() : Number(rawDeadline);
-    const deadline = Number.isFinite(deadlineMs) ? new Date(deadlineMs) : undefined;
-    const onCancel = () =>
-      controller.abort(new NearhubError(Code.Cancelled, `${fullMethod}: the client cancelled the call`));
-    const events = call as unknown as NodeJS.EventEmitter;
-    events.on("cancelled", onCancel);
-
+    const deadlineMs = typeof rawDeadline === "number" ? rawDeadline : rawDeadline.getTime();
     const ctx = new ServerCallContext(
       fullMethod,
       service,
       call.getPeer(),
       call.metadata,
-      deadline,
-      controller.signal,
+      Number.isFinite(deadlineMs) ? deadlineMs : NaN,
+      call,
+      info.cancelledMessage,
       logger,
     );
     ctx.authorizer = this.options.authorize;
     ctx.decider = this.options.decide;
 
-    const started = process.hrtime.bigint();
-    let deadlineTimer: NodeJS.Timeout | undefined;
-    const execute = (): Promise<void> => {
-      if (!deadline) return this.chain(ctx, body);
-      // Deadline enforcement: the handler sees an aborted signal, and the call ends at the
-      // deadline even if the handler ignores it.
-      const deadlinePassed = new Promise<never>((_, reject) => {
-        deadlineTimer = setTimeout(
-          () => {
-            const error = new NearhubError(
-              Code.DeadlineExceeded,
-              `${fullMethod}: the deadline passed before the call finished`,
-            );
-            controller.abort(error);
-            reject(error);
-          },
-          Math.max(0, deadline.getTime() - Date.now()),
-        );
-      });
-      deadlinePassed.catch(() => undefined);
-      return Promise.race([this.chain(ctx, body), deadlinePassed]);
-    };
-
+    const started = performance.now();
     let code = Code.Ok;
     try {
       if (quiet) {
-        await execute();
+        await this.execute(ctx, info, body);
       } else {
-        await tracer.startActiveSpan(fullMethod, info.spanOptions, extractFromMetadata(call.metadata), async (span) => {
-          try {
-            await execute();
-          } catch (error) {
+        // A span (and a context to carry it) only when it records or continues a trace: with no
+        // tracer provider, or nothing to continue, the call skips the context switch.
+        const parent = extractFromMetadata(call.metadata);
+        const span = tracer.startSpan(fullMethod, info.spanOptions, parent);
+        const traced = span.isRecording() || trace.getSpanContext(parent) !== undefined;
+        try {
+          await (traced
+            ? context.with(trace.setSpan(parent, span), () => this.execute(ctx, info, body))
+            : this.execute(ctx, info, body));
+        } catch (error) {
+          if (traced) {
             const e = NearhubError.from(error, Code.Internal);
             span.setAttribute("rpc.grpc.status_code", e.code);
             span.setStatus({ code: SpanStatusCode.ERROR, message: e.rawMessage });
-            throw error;
-          } finally {
-            span.end();
           }
-        });
+          throw error;
+        } finally {
+          span.end();
+        }
       }
     } catch (error) {
       const e = NearhubError.from(error, Code.Internal);
@@ -322,28 +366,51 @@ export class RpcServer {
       // NearhubError, and `e` would always look like one.
       throw error;
     } finally {
-      if (deadlineTimer) clearTimeout(deadlineTimer);
-      events.off("cancelled", onCancel);
-      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      metrics.rpcServerDuration.observe(
-        { rpc_service: serviceName, method: method.name, code: codeName(code) },
-        seconds,
-      );
+      ctx.finish();
+      const seconds = (performance.now() - started) / 1000;
+      (info.durations[code] ??= this.options.metrics.rpcServerDuration.labels({
+        rpc_service: info.serviceName,
+        method: info.name,
+        code: codeName(code),
+      })).observe(seconds);
     }
+  }
+
+  /**
+   * Runs the call under its deadline: at the deadline the handler sees an aborted signal, and
+   * the call ends even if the handler ignores it.
+   */
+  private execute(ctx: ServerCallContext, info: MethodInfo, body: (ctx: CallContext) => Promise<void>): Promise<void> {
+    const { deadlineMs } = ctx;
+    if (Number.isNaN(deadlineMs)) return this.chain(ctx, info, body);
+    let timer: NodeJS.Timeout | undefined;
+    return new Promise<void>((resolve, reject) => {
+      timer = setTimeout(
+        () => {
+          const error = new NearhubError(Code.DeadlineExceeded, info.deadlineMessage);
+          ctx.abort(error);
+          reject(error);
+        },
+        Math.max(0, deadlineMs - Date.now()),
+      );
+      this.chain(ctx, info, body).then(resolve, reject);
+    }).finally(() => clearTimeout(timer));
   }
 
   /** Authentication, then the interceptors, then the handler; no wrapping when there are none. */
-  private async chain(ctx: CallContext, body: (ctx: CallContext) => Promise<void>): Promise<void> {
+  private chain(ctx: CallContext, info: MethodInfo, body: (ctx: CallContext) => Promise<void>): Promise<void> {
     const { authenticate, interceptors } = this.options;
-    if (authenticate) {
-      ctx.principal = await authenticate(ctx);
+    if (!authenticate) return this.intercepted(ctx, body, interceptors);
+    return authenticate(ctx).then((principal) => {
+      ctx.principal = principal;
       // Calls the handler makes to other services carry this principal's identity.
-      return runAs(ctx.principal, () => this.intercepted(ctx, body, interceptors));
-    }
-    return this.intercepted(ctx, body, interceptors);
+      return info.principalContext
+        ? runAs(principal, () => this.intercepted(ctx, body, interceptors))
+        : this.intercepted(ctx, body, interceptors);
+    });
   }
 
-  private async intercepted(
+  private intercepted(
     ctx: CallContext,
     body: (ctx: CallContext) => Promise<void>,
     interceptors: ServerInterceptor[] | undefined,
@@ -378,7 +445,8 @@ const SERVER_WINDOW = 16 * 1024 * 1024;
 /**
  * grpc-js leaves its server at HTTP/2's 64 KiB receive windows (it has no option for them), which
  * throttles large client-streamed uploads to one flow-control round trip per 64 KiB. Raise the
- * per-stream window in the SETTINGS it sends and the connection window of each new session.
+ * per-stream window in the SETTINGS it sends and the connection window of each new session; and
+ * turn Nagle off on each accepted connection.
  * Uses grpc-js internals (1.14); if they change, the server keeps the defaults.
  */
 function widenFlowControlWindows(server: grpc.Server): void {
@@ -392,6 +460,9 @@ function widenFlowControlWindows(server: grpc.Server): void {
   common.settings = { ...common.settings, initialWindowSize: SERVER_WINDOW };
   internals.createHttp2Server = (credentials) => {
     const http2Server = create.call(server, credentials);
+    // TCP_NODELAY, as the grpc-js client sets on its side: with Nagle on, a response's trailers
+    // written apart from its message can wait for the client's delayed ACK (up to 40 ms).
+    http2Server.on("connection", (socket: Socket) => socket.setNoDelay(true));
     http2Server.on("session", (session: http2.ServerHttp2Session) => {
       try {
         session.setLocalWindowSize(SERVER_WINDOW);

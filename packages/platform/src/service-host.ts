@@ -9,7 +9,7 @@ import { closeHttp, startOpsServer } from "./http-server.js";
 import { createLogger, type Logger } from "./logger.js";
 import { ServiceMetrics } from "./metrics.js";
 import { Names } from "./names.js";
-import { RpcServer, type Authenticate, type ServerInterceptor } from "./rpc-server.js";
+import { RpcServer, type AddServiceOptions, type Authenticate, type ServerInterceptor } from "./rpc-server.js";
 import type { ServiceImpl } from "./rpc-types.js";
 import { TransportSecurity } from "./tls.js";
 
@@ -108,7 +108,8 @@ export class ServiceHost {
   private async boot(setup: (host: ServiceHost) => Promise<void>): Promise<void> {
     const { common, name } = this.options;
     this.tls.warnIfPlainText(common.NEARHUB_BIND_HOST, this.logger, [`${name} gRPC`, `${name} HTTP`]);
-    this.rpc.addService(Health, this.health.implementation());
+    // Health answers from memory and calls no other service: no principal context to enter.
+    this.rpc.addService(Health, this.health.implementation(), { principalContext: false });
     this.grpcPort = await this.rpc.listen(common.NEARHUB_BIND_HOST, this.options.grpcPort);
     if (this.options.opsServer !== false) {
       const ops = await startOpsServer({
@@ -148,9 +149,9 @@ export class ServiceHost {
   }
 
   /** Registers a gRPC service; it reports NOT_SERVING until the host is ready. */
-  serve<S extends DescService>(service: S, impl: ServiceImpl<S>): void {
+  serve<S extends DescService>(service: S, impl: ServiceImpl<S>, options?: AddServiceOptions): void {
     this.health.set(service.typeName, this.health.get() ?? ServingStatus.NOT_SERVING);
-    this.rpc.addService(service, impl);
+    this.rpc.addService(service, impl, options);
   }
 
   /** Runs `fn` on stop, in reverse order of registration, before NATS drains. */

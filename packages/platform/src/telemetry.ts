@@ -1,5 +1,10 @@
 import { NodeSDK } from "@opentelemetry/sdk-node";
-import { BatchSpanProcessor, type SpanProcessor } from "@opentelemetry/sdk-trace-base";
+import {
+  AlwaysOffSampler,
+  BatchSpanProcessor,
+  NoopSpanProcessor,
+  type SpanProcessor,
+} from "@opentelemetry/sdk-trace-base";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from "@opentelemetry/semantic-conventions";
@@ -24,6 +29,10 @@ export interface Telemetry {
  * context propagator, and OTLP export when an endpoint is configured. No auto-instrumentation:
  * nearhub creates its own spans for RPCs, HTTP routes and NATS messages, so traces are the
  * same under ESM and CommonJS.
+ *
+ * With nowhere to send spans (no endpoint, no processors) nothing is sampled: spans are
+ * non-recording but still carry trace and span ids, so logs keep their `trace_id` and calls
+ * keep propagating `traceparent`, without paying for span objects that would be dropped.
  */
 export function startTelemetry(options: TelemetryOptions): Telemetry {
   const processors: SpanProcessor[] = [...(options.spanProcessors ?? [])];
@@ -31,12 +40,17 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
     const url = `${options.otlpEndpoint.replace(/\/+$/, "")}/v1/traces`;
     processors.push(new BatchSpanProcessor(new OTLPTraceExporter({ url })));
   }
+  // The SDK registers a tracer provider only when it has a processor: without one every span
+  // would be the API's no-op with an all-zero trace id, and logs would lose their trace_id.
+  const exporting = processors.length > 0;
+  if (!exporting) processors.push(new NoopSpanProcessor());
   const sdk = new NodeSDK({
     resource: resourceFromAttributes({
       [ATTR_SERVICE_NAME]: options.serviceName,
       [ATTR_SERVICE_VERSION]: "0.1.0",
     }),
     spanProcessors: processors,
+    ...(exporting ? {} : { sampler: new AlwaysOffSampler() }),
     instrumentations: [],
     autoDetectResources: false,
   });

@@ -212,6 +212,27 @@ describe("BatchScheduler", () => {
     assert.equal(backend.runs.length, 1);
   });
 
+  test("a request whose call was cancelled while queued is dropped before compute", async () => {
+    const backend = new GatedBackend();
+    const dropped: string[] = [];
+    const scheduler = new BatchScheduler(backend, options(), undefined, (reason) => dropped.push(reason));
+    const running = scheduler.submit(request(1, 0));
+    await flush();
+    const call = { aborted: false };
+    const cancelled = scheduler.submit({ ...request(1, 1), call });
+    const kept = scheduler.submit({ ...request(1, 2), call: { aborted: false } });
+    call.aborted = true;
+    backend.open();
+    await running;
+    await assert.rejects(cancelled, (e: NearhubError) => e.code === Code.Cancelled);
+    await flush();
+    backend.open();
+    await kept;
+    await scheduler.idle();
+    assert.equal(backend.runs.length, 2, "the cancelled request never ran");
+    assert.deepEqual(dropped, ["cancelled"]);
+  });
+
   test("N instances run N executions at once", async () => {
     const backend = new GatedBackend(3);
     const scheduler = new BatchScheduler(backend, options({ dynamicBatching: false }));

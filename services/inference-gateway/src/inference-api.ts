@@ -1,19 +1,24 @@
-import { setMaxListeners } from "node:events";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import {
   Code,
   NearhubError,
   ServingStatus,
   codeName,
+  runAs,
   type CallContext,
   type HealthReporter,
   type ServiceImpl,
 } from "@nearhub/platform";
-import type { GRPCInferenceService, ModelInferRequest, ModelInferResponseSchema } from "@nearhub/proto/inference";
+import type {
+  GRPCInferenceService,
+  ModelInferRequest,
+  ModelInferResponse_InferOutputTensor,
+  ModelInferResponseSchema,
+} from "@nearhub/proto/inference";
 import { INVALID_SPAN_CONTEXT, SpanStatusCode, trace, type Span } from "@opentelemetry/api";
 import type { LoadedModel, ModelManager } from "./model-manager.js";
 import type { RemoteBackends } from "./remote-backends.js";
-import { ModelStats, recordRequest, type InferenceMetrics } from "./model-statistics.js";
+import { ModelStats, recordRequest, type InferenceMetrics, type RequestCounters } from "./model-statistics.js";
 import { decodeInputs, encodeOutput, type Datatype } from "./tensor-codec.js";
 
 /** The server name and version ServerMetadata reports. */
@@ -26,30 +31,38 @@ const UNTRACED = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
 
 type InferResponse = MessageInitShape<typeof ModelInferResponseSchema>;
 
+/** What an inference needs of its call: a stream's requests share the stream's. */
+type InferCall = Pick<CallContext, "deadline" | "principal" | "aborted">;
+
 /** What every request to one loaded model shares, computed once per load. */
 interface HotPath {
   labels: { model: string; version: string };
+  counters: RequestCounters;
   spanName: string;
   spanOptions: { attributes: Record<string, string> };
   /** The outputs answered when a request names none. */
   outputNames: string[];
   datatypes: Map<string, Datatype>;
   hasFp16: boolean;
+  /** Descriptions of raw outputs by name and 2-D shape, shared by the responses (read-only). */
+  rawOutputs: Map<string, ModelInferResponse_InferOutputTensor>;
 }
 
 const hotPaths = new WeakMap<LoadedModel, HotPath>();
 
-function hotPath(model: LoadedModel): HotPath {
+function hotPath(model: LoadedModel, metrics: InferenceMetrics): HotPath {
   let hot = hotPaths.get(model);
   if (!hot) {
     const { outputs } = model.config;
     hot = {
       labels: { model: model.name, version: model.version },
+      counters: metrics.counters(model.name, model.version),
       spanName: `infer ${model.name}`,
       spanOptions: { attributes: { "inference.model": model.name, "inference.version": model.version } },
       outputNames: outputs.map((o) => o.name),
       datatypes: new Map(outputs.map((o) => [o.name, o.datatype])),
       hasFp16: outputs.some((o) => o.datatype === "FP16"),
+      rawOutputs: new Map(),
     };
     hotPaths.set(model, hot);
   }
@@ -79,97 +92,137 @@ export function inferenceApi(
     if (!name) throw new NearhubError(Code.InvalidArgument, `${field} is required: name the model to use`);
   };
 
-  async function infer(
+  /** One inference on a held local model. */
+  async function inferLocal(
+    model: LoadedModel,
+    hot: HotPath,
     request: ModelInferRequest,
-    ctx: Pick<CallContext, "deadline" | "signal">,
+    ctx: InferCall,
+    started: number,
+    span: Span,
   ): Promise<InferResponse> {
+    const { counters } = hot;
+    counters.pending++;
+    let rows = 0;
+    let queueMs: number | undefined;
+    try {
+      const { config } = model;
+      const decoded = decodeInputs(request, config.inputs, config.max_batch_size);
+      rows = decoded.batch;
+      let wanted = hot.outputNames;
+      if (request.outputs.length > 0) {
+        wanted = request.outputs.map((o) => o.name);
+        for (const name of wanted) {
+          if (!hot.datatypes.has(name)) {
+            throw new NearhubError(
+              Code.InvalidArgument,
+              `requested output ${JSON.stringify(name.slice(0, 64))} is not an output of model ${model.name}; it has ${hot.outputNames.join(", ")}`,
+            );
+          }
+        }
+      }
+      // The call is polled when the batch forms rather than listened to: an AbortSignal per
+      // request costs more than the rest of the queueing.
+      const { outputs, timing } = await model.scheduler.submit({
+        tensors: decoded.tensors,
+        batch: decoded.batch,
+        shapeKey: decoded.shapeKey,
+        deadline: ctx.deadline?.getTime(),
+        call: ctx,
+      });
+      queueMs = timing.queueMs;
+      if (span.isRecording()) {
+        span.setAttributes({
+          "inference.batch_rows": rows,
+          "inference.executed_batch_size": timing.batchSize,
+          "inference.queue_us": Math.round(timing.queueMs * 1000),
+          "inference.compute_us": Math.round(timing.computeMs * 1000),
+        });
+      }
+      const asRaw =
+        decoded.raw ||
+        (hot.hasFp16 && wanted.some((n) => hot.datatypes.get(n) === "FP16")) ||
+        (request.outputs.length > 0 &&
+          request.outputs.some((o) => o.parameters["binary_data"]?.parameterChoice.value === true));
+      const response: InferResponse = {
+        modelName: model.name,
+        modelVersion: model.version,
+        id: request.id,
+        outputs: [],
+        rawOutputContents: [],
+      };
+      for (const name of wanted) {
+        const tensor =
+          outputs.length === 1 && outputs[0]?.name === name ? outputs[0] : outputs.find((o) => o.name === name);
+        if (!tensor) throw new NearhubError(Code.Internal, `model ${model.name} did not produce output ${name}`);
+        if (asRaw && !Array.isArray(tensor.data)) {
+          // Raw outputs: the tensor's description (name, datatype, shape) is the same message for
+          // every response of that shape, so it is made once; the bytes are a view of the result.
+          const key =
+            tensor.dims.length === 2 ? `${name}|${tensor.dims[0] as number}|${tensor.dims[1] as number}` : undefined;
+          let described = key === undefined ? undefined : hot.rawOutputs.get(key);
+          if (!described) {
+            described = encodeOutput(tensor, hot.datatypes.get(name) ?? "FP32", true).tensor;
+            if (key !== undefined && hot.rawOutputs.size < 1024) hot.rawOutputs.set(key, described);
+          }
+          (response.outputs as unknown[]).push(described);
+          const { data } = tensor;
+          (response.rawOutputContents as Uint8Array[]).push(
+            new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+          );
+          continue;
+        }
+        const encoded = encodeOutput(tensor, hot.datatypes.get(name) ?? "FP32", asRaw);
+        (response.outputs as unknown[]).push(encoded.tensor);
+        if (encoded.raw) (response.rawOutputContents as Uint8Array[]).push(encoded.raw);
+      }
+      const totalMs = performance.now() - started;
+      recordRequest(model.stats, true, totalMs, rows, queueMs);
+      counters.success++;
+      counters.inferences += rows;
+      counters.queueUs += Math.round(timing.queueMs * 1000);
+      counters.requestUs += Math.round(totalMs * 1000);
+      return response;
+    } catch (error) {
+      const e = NearhubError.from(error, Code.Internal);
+      recordRequest(model.stats, false, performance.now() - started, rows, queueMs);
+      metrics.failure.inc({ ...hot.labels, reason: codeName(e.code) });
+      span.setStatus({ code: SpanStatusCode.ERROR, message: e.rawMessage });
+      throw error;
+    } finally {
+      counters.pending--;
+      span.end();
+    }
+  }
+
+  function inferOn(model: LoadedModel, request: ModelInferRequest, ctx: InferCall, started: number) {
+    const hot = hotPath(model, metrics);
+    // A span of its own only under a recorded call span: an untraced call (no telemetry, or
+    // sampled out) skips creating a context for a span nobody would see.
+    if (trace.getActiveSpan()?.isRecording() === true) {
+      return tracer.startActiveSpan(hot.spanName, hot.spanOptions, (span) =>
+        inferLocal(model, hot, request, ctx, started, span),
+      );
+    }
+    return inferLocal(model, hot, request, ctx, started, UNTRACED);
+  }
+
+  async function infer(request: ModelInferRequest, ctx: InferCall): Promise<InferResponse> {
     requireName(request.modelName, "model_name");
-    if (await isRemote(request.modelName, request.modelVersion)) {
-      return (await remotes?.infer(request, ctx.deadline)) as InferResponse;
+    if (remotes && (await isRemote(request.modelName, request.modelVersion))) {
+      // The service is served without the server's principal context (see service.ts), so the
+      // one call a handler forwards enters it here: the remote sees the caller's identity.
+      return await runAs(ctx.principal, () => remotes.infer(request, ctx.deadline));
     }
     const started = performance.now();
-    return models.use(request.modelName, request.modelVersion, (model) => {
-      const hot = hotPath(model);
-      // A span of its own only under a recorded call span: an untraced call (no telemetry, or
-      // sampled out) skips creating a context for a span nobody would see.
-      const traced = trace.getActiveSpan()?.isRecording() === true;
-      const run = async (span: Span): Promise<InferResponse> => {
-        const { labels } = hot;
-        metrics.pending.inc(labels);
-        let rows = 0;
-        let queueMs: number | undefined;
-        try {
-          const { config } = model;
-          const decoded = decodeInputs(request, config.inputs, config.max_batch_size);
-          rows = decoded.batch;
-          let wanted = hot.outputNames;
-          if (request.outputs.length > 0) {
-            wanted = request.outputs.map((o) => o.name);
-            for (const name of wanted) {
-              if (!hot.datatypes.has(name)) {
-                throw new NearhubError(
-                  Code.InvalidArgument,
-                  `requested output ${JSON.stringify(name.slice(0, 64))} is not an output of model ${model.name}; it has ${hot.outputNames.join(", ")}`,
-                );
-              }
-            }
-          }
-          const { outputs, timing } = await model.scheduler.submit({
-            tensors: decoded.tensors,
-            batch: decoded.batch,
-            shapeKey: decoded.shapeKey,
-            deadline: ctx.deadline?.getTime(),
-            signal: ctx.signal,
-          });
-          queueMs = timing.queueMs;
-          if (span.isRecording()) {
-            span.setAttributes({
-              "inference.batch_rows": rows,
-              "inference.executed_batch_size": timing.batchSize,
-              "inference.queue_us": Math.round(timing.queueMs * 1000),
-              "inference.compute_us": Math.round(timing.computeMs * 1000),
-            });
-          }
-          const asRaw =
-            decoded.raw ||
-            (hot.hasFp16 && wanted.some((n) => hot.datatypes.get(n) === "FP16")) ||
-            (request.outputs.length > 0 &&
-              request.outputs.some((o) => o.parameters["binary_data"]?.parameterChoice.value === true));
-          const response: InferResponse = {
-            modelName: model.name,
-            modelVersion: model.version,
-            id: request.id,
-            outputs: [],
-            rawOutputContents: [],
-          };
-          for (const name of wanted) {
-            const tensor =
-              outputs.length === 1 && outputs[0]?.name === name ? outputs[0] : outputs.find((o) => o.name === name);
-            if (!tensor) throw new NearhubError(Code.Internal, `model ${model.name} did not produce output ${name}`);
-            const encoded = encodeOutput(tensor, hot.datatypes.get(name) ?? "FP32", asRaw);
-            (response.outputs as unknown[]).push(encoded.tensor);
-            if (encoded.raw) (response.rawOutputContents as Uint8Array[]).push(encoded.raw);
-          }
-          const totalMs = performance.now() - started;
-          recordRequest(model.stats, true, totalMs, rows, queueMs);
-          metrics.success.inc(labels);
-          metrics.inferenceCount.inc(labels, rows);
-          metrics.queueUs.inc(labels, Math.round(timing.queueMs * 1000));
-          metrics.requestUs.inc(labels, Math.round(totalMs * 1000));
-          return response;
-        } catch (error) {
-          const e = NearhubError.from(error, Code.Internal);
-          recordRequest(model.stats, false, performance.now() - started, rows, queueMs);
-          metrics.failure.inc({ ...labels, reason: codeName(e.code) });
-          span.setStatus({ code: SpanStatusCode.ERROR, message: e.rawMessage });
-          throw error;
-        } finally {
-          metrics.pending.dec(labels);
-          span.end();
-        }
-      };
-      return traced ? tracer.startActiveSpan(hot.spanName, hot.spanOptions, run) : run(UNTRACED);
-    });
+    // A model loaded and listed is held at once; the rest take the long way (resolve, load).
+    const held = models.tryHold(request.modelName, request.modelVersion);
+    if (!held) return models.use(request.modelName, request.modelVersion, (m) => inferOn(m, request, ctx, started));
+    try {
+      return await inferOn(held, request, ctx, started);
+    } finally {
+      models.release(held);
+    }
   }
 
   return {
@@ -219,8 +272,15 @@ export function inferenceApi(
     async *modelStreamInfer(requests, ctx) {
       // Requests run concurrently (so they can share batches); responses go out as they finish,
       // each carrying its request id. A failed request answers error_message and the stream goes on.
-      // Every queued request of the stream listens to the stream's signal.
-      setMaxListeners(STREAM_WINDOW + 16, ctx.signal);
+      // Its requests have no deadline of their own (the stream's is for the whole stream) and
+      // are dropped before compute once the stream is cancelled.
+      const itemCall: InferCall = {
+        deadline: undefined,
+        principal: ctx.principal,
+        get aborted() {
+          return ctx.aborted ?? ctx.signal.aborted;
+        },
+      };
       const done: Array<{ errorMessage?: string; inferResponse?: InferResponse }> = [];
       let wake: (() => void) | undefined;
       let inFlight = 0;
@@ -230,6 +290,11 @@ export function inferenceApi(
         const w = wake;
         wake = undefined;
         w?.();
+      };
+      const finished = (answer: { errorMessage?: string; inferResponse?: InferResponse }) => {
+        done.push(answer);
+        inFlight--;
+        notify();
       };
       // Checked once per model of the stream (the principal cannot change mid-stream).
       const allowed = new Set<string>();
@@ -253,21 +318,16 @@ export function inferenceApi(
             recordInference(ctx, modelResource(request.modelName));
             while (inFlight >= STREAM_WINDOW) await new Promise<void>((r) => (wake = r));
             inFlight++;
-            infer(request, { deadline: undefined, signal: ctx.signal })
-              .then(
-                (inferResponse) => done.push({ inferResponse }),
-                (error: unknown) => {
-                  const e = NearhubError.from(error, Code.Internal);
-                  done.push({
-                    errorMessage: `${codeName(e.code)}: ${e.rawMessage}`,
-                    inferResponse: { id: request.id, modelName: request.modelName },
-                  });
-                },
-              )
-              .finally(() => {
-                inFlight--;
-                notify();
-              });
+            infer(request, itemCall).then(
+              (inferResponse) => finished({ inferResponse }),
+              (error: unknown) => {
+                const e = NearhubError.from(error, Code.Internal);
+                finished({
+                  errorMessage: `${codeName(e.code)}: ${e.rawMessage}`,
+                  inferResponse: { id: request.id, modelName: request.modelName },
+                });
+              },
+            );
           }
         } catch (error) {
           readError = error;

@@ -179,6 +179,25 @@ export class ModelManager {
    * Runs `fn` with the model loaded (loading it first if needed); the model cannot be unloaded
    * while `fn` runs.
    */
+  /**
+   * The loaded model a request names, held (as {@link use} holds it) when it is ready now;
+   * undefined when it needs resolving or loading (then call {@link use}). Pair with {@link release}.
+   */
+  tryHold(name: string, version: string): LoadedModel | undefined {
+    const model = this.loadedNow(name, version);
+    if (!model) return undefined;
+    model.holds++;
+    model.lastUsed = performance.now();
+    return model;
+  }
+
+  /** Ends a hold taken by {@link tryHold}. */
+  release(held: LoadedModel): void {
+    const model = held as Loaded;
+    model.holds--;
+    if (model.holds === 0) for (const r of model.released.splice(0)) r();
+  }
+
   async use<T>(name: string, version: string, fn: (model: LoadedModel) => Promise<T>): Promise<T> {
     const model = this.loadedNow(name, version) ?? (await this.load(name, await this.resolveVersion(name, version)));
     model.holds++;
@@ -257,6 +276,7 @@ export class ModelManager {
     if (!stats) this.stats.set(k, (stats = new ModelStats()));
     const labels = { model: name, version };
     const { metrics } = this.options;
+    const counters = metrics.counters(name, version);
     const modelStats = stats;
     const scheduler = new BatchScheduler(
       backend,
@@ -271,8 +291,8 @@ export class ModelManager {
       },
       (report) => {
         recordExecution(modelStats, report.batchSize, report.computeMs);
-        metrics.execCount.inc(labels);
-        metrics.computeInferUs.inc(labels, Math.round(report.computeMs * 1000));
+        counters.executions++;
+        counters.computeUs += Math.round(report.computeMs * 1000);
         metrics.batchSize.observe(labels, report.batchSize);
       },
       (reason) => metrics.dropped.inc({ model: name, reason }),

@@ -42,6 +42,22 @@ export function recordExecution(stats: ModelStats, batchSize: number, computeMs:
 }
 
 /**
+ * The per-request counters of one model version: plain numbers the request path adds to, read
+ * into the Prometheus metrics when they are scraped (a labelled prom-client update hashes its
+ * labels on every call, several times per request).
+ */
+export class RequestCounters {
+  success = 0;
+  inferences = 0;
+  queueUs = 0;
+  requestUs = 0;
+  /** Requests queued or executing. */
+  pending = 0;
+  executions = 0;
+  computeUs = 0;
+}
+
+/**
  * Prometheus metrics per model and version, named as Triton names them so existing
  * dashboards and alerts work: request success/failure, inference and execution counts,
  * cumulative queue and compute microseconds, pending requests; plus a batch size histogram,
@@ -62,15 +78,38 @@ export class InferenceMetrics {
   readonly loadSeconds: Histogram<"model">;
   readonly memoryBytes: Gauge;
   readonly dropped: Counter<"model" | "reason">;
+  private readonly perModel = new Map<
+    string,
+    { labels: { model: string; version: string }; counters: RequestCounters }
+  >();
+
+  /** The request counters of one model version (kept across unloads: the counters only grow). */
+  counters(model: string, version: string): RequestCounters {
+    const key = `${model}\u0000${version}`;
+    let entry = this.perModel.get(key);
+    if (!entry) this.perModel.set(key, (entry = { labels: { model, version }, counters: new RequestCounters() }));
+    return entry.counters;
+  }
 
   constructor(registry: Registry) {
     const registers = [registry];
     const mv = ["model", "version"] as const;
+    const perModel = this.perModel;
+    /** A collect callback publishing one field of every model's counters. */
+    const from = (field: keyof RequestCounters) =>
+      function (this: Counter<"model" | "version"> | Gauge<"model" | "version">): void {
+        this.reset();
+        for (const { labels, counters } of perModel.values()) {
+          if (this instanceof Gauge) this.set(labels, counters[field]);
+          else this.inc(labels, counters[field]);
+        }
+      };
     this.success = new Counter({
       name: "nv_inference_request_success",
       help: "Successful inference requests",
       labelNames: mv,
       registers,
+      collect: from("success"),
     });
     this.failure = new Counter({
       name: "nv_inference_request_failure",
@@ -83,36 +122,42 @@ export class InferenceMetrics {
       help: "Inferences performed (batch rows)",
       labelNames: mv,
       registers,
+      collect: from("inferences"),
     });
     this.execCount = new Counter({
       name: "nv_inference_exec_count",
       help: "Model executions (batched runs)",
       labelNames: mv,
       registers,
+      collect: from("executions"),
     });
     this.queueUs = new Counter({
       name: "nv_inference_queue_duration_us",
       help: "Cumulative time requests waited in the queue",
       labelNames: mv,
       registers,
+      collect: from("queueUs"),
     });
     this.computeInferUs = new Counter({
       name: "nv_inference_compute_infer_duration_us",
       help: "Cumulative model execution time",
       labelNames: mv,
       registers,
+      collect: from("computeUs"),
     });
     this.requestUs = new Counter({
       name: "nv_inference_request_duration_us",
       help: "Cumulative request handling time",
       labelNames: mv,
       registers,
+      collect: from("requestUs"),
     });
     this.pending = new Gauge({
       name: "nv_inference_pending_request_count",
       help: "Requests queued or executing",
       labelNames: mv,
       registers,
+      collect: from("pending"),
     });
     this.batchSize = new Histogram({
       name: "nearhub_inference_batch_size",

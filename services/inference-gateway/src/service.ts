@@ -154,6 +154,9 @@ export async function startInferenceGateway(
         inferenceApi(manager, host.health, metrics, remotes, (ctx, resource) =>
           host.access.countRead(ctx, "model.infer", resource),
         ),
+        // Only remote inference calls another service for the caller, and it enters the
+        // principal's context itself: local inference never switches AsyncLocalStorage on.
+        { principalContext: false },
       );
       // Runs before the gRPC server drains: requests in flight finish, then instances are freed.
       host.onStop(async () => {
