@@ -315,7 +315,7 @@ async function eventToSearchable(serviceDir: string, namespace: string): Promise
   // As the namespace's admin: a reader of everything, as the in-process calls are.
   const client = createClient(SearchService, `127.0.0.1:${indexing.grpcPort}`, { metadata: adminAuth(namespace) });
   try {
-    const { total } = await client.search({ pageSize: 1 });
+    const { total, totalIsLowerBound } = await client.search({ pageSize: 1 });
     const samples: number[] = [];
     for (let i = 0; i < EVENTS; i++) {
       const repo = `benchrepo${i}x${namespace}`;
@@ -334,7 +334,7 @@ async function eventToSearchable(serviceDir: string, namespace: string): Promise
     }
     samples.sort((a, b) => a - b);
     console.log(
-      `  event → searchable (${EVENTS} events into the ${total >= 10_000n ? "≥ 10000" : total}-document index, publish to first hit): median ${percentile(samples, 50).toFixed(1)} ms   p99 ${percentile(samples, 99).toFixed(1)} ms   (target p99 ≤ 500 ms)`,
+      `  event → searchable (${EVENTS} events into the ${totalIsLowerBound ? `≥ ${total}` : total}-document index, publish to first hit): median ${percentile(samples, 50).toFixed(1)} ms   p99 ${percentile(samples, 99).toFixed(1)} ms   (target p99 ≤ 500 ms)`,
     );
   } finally {
     client.$close();

@@ -410,7 +410,7 @@ describe("search: models and datasets published to the registry become searchabl
     await publishModel(RepoKind.MODEL, "acme/rocket-7b", readme, "weights v1");
     const hits = await eventually(
       async () => {
-        const { hits } = await search.search({ query: "interplanetary", kind: DocumentKind.MODEL });
+        const { hits } = await search.search({ query: "interplanetary", kind: DocumentKind.MODEL, includeFiles: true });
         return hits.length > 0 ? hits : undefined;
       },
       15_000,
@@ -428,6 +428,10 @@ describe("search: models and datasets published to the registry become searchabl
     );
     assert.match(hit?.sha ?? "", /^[0-9a-f]{40}$/);
     const firstSha = hit?.sha;
+    // Without include_files, hits come without their file list.
+    const [bare] = (await search.search({ query: "interplanetary", kind: DocumentKind.MODEL })).hits;
+    assert.equal(bare?.id, "acme/rocket-7b");
+    assert.deepEqual(bare?.files, []);
 
     // Through the Hub API, with the real client.
     const listed: string[] = [];

@@ -234,9 +234,12 @@ function hubListRoute(type: "models" | "datasets", backends: Backends): Route {
       const limit = parseLimit(q.get("limit"), PAGE, MAX_LIMIT);
       const search = q.get("search") ?? "";
       const sort = parseSort(q.get("sort"));
+      const full = truthy(q.get("full"));
       const response = await backends.search.search({
         query: search,
         kind,
+        // Only `full` and `expand=siblings` list files; without them the index does not read them.
+        includeFiles: full || expand.includes("siblings"),
         pageSize: Math.min(limit, PAGE),
         cursor: q.get("cursor") ?? "",
         sort: sort === SortField.UNSPECIFIED && !search.trim() ? SortField.DOWNLOADS : sort,
@@ -257,7 +260,6 @@ function hubListRoute(type: "models" | "datasets", backends: Backends): Route {
         next.searchParams.set("limit", String(limit - response.hits.length));
         headers["link"] = `<${next.toString()}>; rel="next"`;
       }
-      const full = truthy(q.get("full"));
       sendJson(
         res,
         200,

@@ -134,6 +134,27 @@ export interface IndexQuery {
   direction: SortDirection;
   limit: number;
   offset: number;
+  /** Whether hits carry their file list; without it `files` is empty (and not read). */
+  includeFiles: boolean;
+}
+
+/**
+ * Matches counted exactly up to this many, or to the end of the requested page when that is
+ * further; beyond, the total is that bound and marked as a lower bound ("1,000+"), as
+ * Elasticsearch's `track_total_hits` and GitHub do. Paging does not depend on it.
+ */
+export const COUNTED_EXACTLY = 1000;
+
+/** How far a query's total is counted: {@link COUNTED_EXACTLY}, or the end of its page. */
+export function countBound(query: Pick<IndexQuery, "offset" | "limit">): number {
+  return Math.max(COUNTED_EXACTLY, query.offset + query.limit);
+}
+
+/** A page of hits and the number of matches (at least `total` when `totalIsLowerBound`). */
+export interface SearchResult {
+  hits: IndexHit[];
+  total: number;
+  totalIsLowerBound: boolean;
 }
 
 /** A query with defaults for every field not given. */
@@ -147,6 +168,7 @@ export function newQuery(
     direction: SortDirection.UNSPECIFIED,
     limit: 20,
     offset: 0,
+    includeFiles: false,
     ...fields,
     filters: {
       author: "",
@@ -194,7 +216,7 @@ export interface SearchIndex {
   readonly name: string;
   /** Applies a batch; one boolean per operation, true when it changed the index. */
   apply(ops: IndexOp[]): Promise<boolean[]>;
-  search(query: IndexQuery): Promise<{ hits: IndexHit[]; total: number }>;
+  search(query: IndexQuery): Promise<SearchResult>;
   suggest(prefix: string, kind: DocumentKind, limit: number): Promise<IndexSuggestion[]>;
   /** The live document, or undefined when absent or removed. */
   get(id: string): Promise<SearchDocument | undefined>;

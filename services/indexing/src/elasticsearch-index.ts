@@ -2,6 +2,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { errors, type Client, type estypes } from "@elastic/elasticsearch";
 import { DocumentKind, SortField } from "@nearhub/proto/search";
 import {
+  countBound,
   effectiveSort,
   filterTags,
   searchTokens,
@@ -11,6 +12,7 @@ import {
   type IndexSuggestion,
   type SearchDocument,
   type SearchIndex,
+  type SearchResult,
 } from "./document.js";
 
 /** Operations per bulk request, and bulk requests in flight at once per index (back-pressure). */
@@ -246,10 +248,10 @@ export class ElasticsearchIndex implements SearchIndex {
     }
   }
 
-  async search(query: IndexQuery): Promise<{ hits: IndexHit[]; total: number }> {
+  async search(query: IndexQuery): Promise<SearchResult> {
     const text = searchTokens(query.text).join(" ");
     // Text with nothing searchable in it (only emoji or punctuation) matches nothing.
-    if (!text && query.text.trim()) return { hits: [], total: 0 };
+    if (!text && query.text.trim()) return { hits: [], total: 0, totalIsLowerBound: false };
     const filter: estypes.QueryDslQueryContainer[] = [{ term: { deleted: false } }];
     if (query.kind !== DocumentKind.UNSPECIFIED) filter.push({ term: { kind: query.kind } });
     const f = query.filters;
@@ -296,15 +298,27 @@ export class ElasticsearchIndex implements SearchIndex {
       sort,
       from: query.offset,
       size: query.limit,
-      // Exact up to 10,000, as the SQLite backend counts.
-      track_total_hits: 10_000,
+      // Exact up to 1,000 (or the end of the page), as the SQLite backend counts; beyond, "gte".
+      track_total_hits: countBound(query),
       track_scores: true,
-      _source: { excludes: ["body", "suggest", "filter_tags", "file_names", "name_key"] },
+      _source: {
+        excludes: [
+          "body",
+          "suggest",
+          "filter_tags",
+          "file_names",
+          "name_key",
+          ...(query.includeFiles ? [] : ["files"]),
+        ],
+      },
     });
     const total = response.hits.total;
     return {
-      hits: response.hits.hits.flatMap((h) => (h._source ? [toHit(h._source, h._score ?? 0)] : [])),
+      hits: response.hits.hits.flatMap((h) =>
+        h._source ? [toHit({ ...h._source, files: h._source.files ?? [] }, h._score ?? 0)] : [],
+      ),
       total: typeof total === "number" ? total : (total?.value ?? 0),
+      totalIsLowerBound: typeof total === "object" && total.relation === "gte",
     };
   }
 

@@ -15,6 +15,7 @@ export type {
   IndexSuggestion,
   SearchDocument,
   SearchIndex,
+  SearchResult,
 } from "./document.js";
 export { mirrorDocument, projector } from "./projector.js";
 export { searchApi } from "./search-api.js";

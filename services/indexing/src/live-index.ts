@@ -2,7 +2,7 @@ import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from "nod
 import { basename, join } from "node:path";
 import { Code, NearhubError } from "@nearhub/platform";
 import type { DocumentKind } from "@nearhub/proto/search";
-import type { IndexHit, IndexOp, IndexQuery, IndexSuggestion, SearchDocument, SearchIndex } from "./document.js";
+import type { IndexOp, IndexQuery, IndexSuggestion, SearchDocument, SearchIndex, SearchResult } from "./document.js";
 import { SqliteSearchIndex } from "./sqlite-index.js";
 
 /** How a backend keeps its indices: the active one, fresh ones for rebuilds, and the switch. */
@@ -133,7 +133,7 @@ export class LiveIndex implements SearchIndex {
     return applied;
   }
 
-  search(query: IndexQuery): Promise<{ hits: IndexHit[]; total: number }> {
+  search(query: IndexQuery): Promise<SearchResult> {
     return this.active.search(query);
   }
 

@@ -119,6 +119,7 @@ export function searchApi(index: LiveIndex | SearchIndex, replay?: Replay): Serv
         direction: request.direction,
         limit,
         offset,
+        includeFiles: request.includeFiles,
         filters: {
           author: checkFilter("author", f?.author ?? ""),
           tags: (f?.tags ?? []).map((t) => checkFilter("tags", t)).filter(Boolean),
@@ -129,15 +130,20 @@ export function searchApi(index: LiveIndex | SearchIndex, replay?: Replay): Serv
           state: checkFilter("state", f?.state ?? ""),
         },
       });
-      const { hits, total } = await index.search(query);
-      const next = offset + hits.length < total && hits.length > 0 ? encodeCursor(offset + hits.length) : "";
+      const { hits, total, totalIsLowerBound } = await index.search(query);
+      // A lower bound is counted past the end of this page: more results follow.
+      const more = totalIsLowerBound || offset + hits.length < total;
+      const next = more && hits.length > 0 ? encodeCursor(offset + hits.length) : "";
       // Only what the caller may read; a reader of everything skips the per-hit check.
-      if (ctx.can("read", "*")) return { hits: hits.map(toWireHit), nextCursor: next, total: BigInt(total) };
+      if (ctx.can("read", "*")) {
+        return { hits: hits.map(toWireHit), nextCursor: next, total: BigInt(total), totalIsLowerBound };
+      }
       const readable = hits.filter((h) => ctx.can("read", resourceOfDocument(h.kind, h.id)));
       return {
         hits: readable.map(toWireHit),
         nextCursor: next,
         total: BigInt(Math.max(readable.length, total - (hits.length - readable.length))),
+        totalIsLowerBound,
       };
     },
 

@@ -321,6 +321,56 @@ describe("SqliteSearchIndex large match sets", () => {
     }
   });
 
+  test("query plans from the word counts: exact word first, split words, kinds, facet-shaped words", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "nearhub-index-"));
+    // Every threshold low, so the plans for common words run on a few documents.
+    const index = new SqliteSearchIndex(join(dir, "s.sqlite"), { exactMatches: 2, maxRankedDf: 2 });
+    try {
+      const doc = (id: string, body: string, downloads = 0, kind = DocumentKind.MODEL) =>
+        newDocument({ id, kind, version: 1n, body, downloads });
+      await index.apply([
+        ...Array.from({ length: 250 }, (_, i) => ({ upsert: doc(`m/many-${i}`, `qqword${i} fine-tuned`, 1000 + i) })),
+        { upsert: doc("m/word", "qqword alone", 1) },
+        { upsert: doc("m/word2", "qqword again fine-tuner", 2) },
+        { upsert: doc("d/data", "qqword in a dataset", 3, DocumentKind.DATASET) },
+        { upsert: doc("m/shape", "s2x0 and f0123456789abcdef") },
+      ]);
+      const ids = async (text: string, extra: Partial<Parameters<typeof newQuery>[0]> = {}) => {
+        const r = await index.search(newQuery({ text, limit: 300, ...extra }));
+        return { ids: r.hits.map((h) => h.id), total: r.total };
+      };
+      // More completions than are spelled: documents with the word itself first, then the rest.
+      const word = await ids("qqword");
+      assert.deepEqual(word.ids.slice(0, 3), ["d/data", "m/word2", "m/word"]);
+      assert.equal(word.total, 253);
+      assert.equal(new Set(word.ids).size, 253);
+      const paged = await ids("qqword", { offset: 2, limit: 3 });
+      assert.deepEqual(paged.ids, word.ids.slice(2, 5));
+      assert.equal(paged.total, 253);
+      // A last word FTS5 cuts in two completes on its last part, as a phrase.
+      assert.equal((await ids("fine-tune")).total, 251);
+      assert.equal((await ids("fine-tuned")).total, 250);
+      assert.deepEqual((await ids("tuned-fine")).ids, []);
+      // Most documents are models: "model" is asked as "none of the other kinds".
+      assert.equal((await ids("qqword", { kind: DocumentKind.MODEL })).total, 252);
+      assert.deepEqual((await ids("qqword", { kind: DocumentKind.DATASET })).ids, ["d/data"]);
+      // Words shaped like facet tokens find text, never the facets of every document.
+      assert.deepEqual((await ids("s2x0")).ids, ["m/shape"]);
+      assert.deepEqual((await ids("f0123456789abcdef")).ids, ["m/shape"]);
+      // Counts follow updates and removals.
+      await index.apply([
+        { upsert: { ...doc("m/word", "other text", 1), version: 2n } },
+        { remove: { id: "m/word2", version: 2n } },
+      ]);
+      assert.equal((await ids("qqword")).total, 251);
+      assert.deepEqual((await ids("qqword", { limit: 1 })).ids, ["d/data"]);
+      assert.equal((await ids("qqword", { kind: DocumentKind.MODEL })).total, 250);
+    } finally {
+      await index.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   test("updates and removals move documents between tiers and buckets", async () => {
     await withIndex(async (index) => {
       const last = docs[docs.length - 1];
@@ -337,5 +387,60 @@ describe("SqliteSearchIndex large match sets", () => {
       const sorted = await index.search(newQuery({ text: "words", sort: SortField.LIKES, limit: 100 }));
       assert.ok(!sorted.hits.some((h) => h.id === last.id));
     });
+  });
+});
+
+describe("SqliteSearchIndex totals and file lists", () => {
+  test("totals are exact to 1,000, a lower bound beyond; paging goes on past it", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "nearhub-index-"));
+    const index = new SqliteSearchIndex(join(dir, "search.sqlite"));
+    try {
+      const n = 1_050;
+      index.applySync(
+        Array.from({ length: n }, (_, i) => ({
+          upsert: newDocument({
+            id: `acme/m${i}`,
+            kind: DocumentKind.MODEL,
+            version: 1n,
+            author: i % 2 === 0 ? "even" : "odd",
+            body: "plenty of words",
+            downloads: i,
+            files: [{ path: "model.safetensors", size: 10 }],
+          }),
+        })),
+      );
+      for (const fields of [
+        { text: "plenty" },
+        {},
+        { kind: DocumentKind.MODEL },
+        { text: "plenty", sort: SortField.NAME },
+      ]) {
+        const first = index.searchSync(newQuery({ ...fields }));
+        assert.equal(first.hits.length, 20);
+        assert.ok(first.total === 1_000 && first.totalIsLowerBound, `${JSON.stringify(fields)}: ${first.total}`);
+      }
+      const half = index.searchSync(newQuery({ text: "plenty", filters: { author: "even" } }));
+      assert.deepEqual([half.total, half.totalIsLowerBound], [n / 2, false]);
+      // A page past the bound counts to its end: exact again once the matches end there.
+      const seen = new Set<string>();
+      for (let offset = 0; offset < n + 100; offset += 100) {
+        const page = index.searchSync(newQuery({ text: "plenty", limit: 100, offset }));
+        for (const h of page.hits) seen.add(h.id);
+        if (offset + 100 < n) assert.ok(page.totalIsLowerBound && page.total === Math.max(1_000, offset + 100));
+        else assert.deepEqual([page.total, page.totalIsLowerBound], [n, false]);
+      }
+      assert.equal(seen.size, n, "every match on some page");
+      // File lists only on request.
+      assert.deepEqual(index.searchSync(newQuery({ text: "plenty", limit: 1 })).hits[0]?.files, []);
+      assert.deepEqual(index.searchSync(newQuery({ text: "plenty", limit: 1, includeFiles: true })).hits[0]?.files, [
+        { path: "model.safetensors", size: 10 },
+      ]);
+      assert.deepEqual(index.searchSync(newQuery({ limit: 1, includeFiles: true })).hits[0]?.files, [
+        { path: "model.safetensors", size: 10 },
+      ]);
+    } finally {
+      await index.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -4,6 +4,8 @@ import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import { DocumentKind, SortField } from "@nearhub/proto/search";
 import {
+  COUNTED_EXACTLY,
+  countBound,
   effectiveSort,
   filterTags,
   searchTokens,
@@ -13,18 +15,17 @@ import {
   type IndexSuggestion,
   type SearchDocument,
   type SearchIndex,
+  type SearchResult,
 } from "./document.js";
 
 /** Bumped whenever the table layout changes; an older file is rebuilt from the events. */
-const SCHEMA_VERSION = 6;
-/** Totals are exact up to this many matches and reported as this many beyond. */
-export const MAX_COUNTED = 10_000;
+const SCHEMA_VERSION = 7;
 /**
  * Match sets up to this size are ranked (bm25) or sorted whole. Larger ones are ranked in
  * tiers of this many matches, most downloaded tier first, and sorted through sort buckets:
  * a query then costs what this many matches cost, whether 5,000 or 1,000,000 documents match.
  */
-export const EXACT_MATCHES = 2000;
+export const EXACT_MATCHES = 1000;
 /**
  * bm25 reads every posting of every word of the query (its IDF), so a word found in more
  * documents than this is not ranked by bm25: such queries rank name matches first, then the
@@ -79,13 +80,28 @@ interface Row {
   score?: number;
 }
 
-const HIT_COLUMNS = `d.rowid, d.id, d.kind, d.title, d.description, d.author, d.tags, d.pipeline_tag, d.library_name, d.license,
-  d.upstream, d.state, d.default_branch, d.refs_count, d.files, d.size_bytes, d.downloads, d.likes, d.private, d.gated,
-  d.sha, d.created_at, d.updated_at, d.status_at`;
+/** The columns of a hit; without files, the file list is neither read nor parsed. */
+function hitColumns(includeFiles: boolean): string {
+  return `d.rowid, d.id, d.kind, d.title, d.description, d.author, d.tags, d.pipeline_tag, d.library_name, d.license,
+  d.upstream, d.state, d.default_branch, d.refs_count, ${includeFiles ? "d.files" : "'[]' AS files"}, d.size_bytes,
+  d.downloads, d.likes, d.private, d.gated, d.sha, d.created_at, d.updated_at, d.status_at`;
+}
 
 const BM25 = "bm25(documents_fts, 10.0, 8.0, 2.0, 1.0, 0.5, 0.0)";
 /** User text matches these columns only; `facets` holds the filter and sort-bucket tokens. */
 const TEXT_COLUMNS = "{id title description file_names body}";
+/** The shapes of the facet tokens ({@link facet}, {@link sortToken}): no other token is found in `facets`. */
+const FACET_LIKE = /^(?:f[0-9a-f]{16}|s\d+xm?\d+)$/;
+
+/**
+ * The FTS5 expression of the text phrases. The column filter costs a look at the positions
+ * of every posting read; a phrase of words none of which has the shape of a facet token
+ * cannot match in `facets`, so those phrases are matched across the row without it.
+ */
+function textExpression(phrases: Array<{ expr: string; anywhere: boolean }>): string {
+  const all = `(${phrases.map((p) => p.expr).join(" AND ")})`;
+  return phrases.every((p) => p.anywhere) ? all : `${TEXT_COLUMNS} : ${all}`;
+}
 
 /**
  * The vocabulary form of a typed word, when it is certain: FTS5's unicode61 folds ASCII case
@@ -96,6 +112,34 @@ function vocabularyKey(word: string): string | undefined {
   if (!/^[\p{L}\p{N}]+$/u.test(word)) return undefined;
   if (/^[\x20-\x7e]+$/.test(word)) return word.toLowerCase();
   return word.toLowerCase() === word && word.normalize("NFD") === word ? word : undefined;
+}
+
+/**
+ * The vocabulary forms of the words FTS5 cuts a typed word into (`fine-tuned` → `fine`,
+ * `tuned`), when every one is certain ({@link vocabularyKey}); combining marks and private
+ * use characters, which FTS5 keeps inside words, leave the word to FTS5.
+ */
+function vocabularyParts(word: string): string[] | undefined {
+  if (/[\p{M}\p{Co}]/u.test(word)) return undefined;
+  const keys = word
+    .split(/[^\p{L}\p{N}]+/u)
+    .filter(Boolean)
+    .map(vocabularyKey);
+  return keys.length > 0 && keys.every((k): k is string => k !== undefined) ? keys : undefined;
+}
+
+/** A query word as FTS5 matches it, and how many documents hold it, as far as the vocabulary tells. */
+interface Phrase {
+  /** The FTS5 expression: a quoted phrase, an OR of spelled completions, or FTS5's prefix query. */
+  expr: string;
+  /** At least this many documents match it (0: unknown). */
+  least: number;
+  /** At most this many documents match it, and about the postings bm25 would read; undefined: unknown. */
+  most: number | undefined;
+  /** Whether no word of it has the shape of a facet token ({@link textExpression}). */
+  anywhere: boolean;
+  /** A last word with too many completions to spell: the word alone, searched before its completions. */
+  exact?: { expr: string; anywhere: boolean };
 }
 
 /**
@@ -240,7 +284,7 @@ function toHit(row: Row): IndexHit {
     state: row.state,
     defaultBranch: row.default_branch,
     refsCount: row.refs_count,
-    files: JSON.parse(row.files) as SearchDocument["files"],
+    files: row.files === "[]" ? [] : (JSON.parse(row.files) as SearchDocument["files"]),
     sizeBytes: row.size_bytes,
     downloads: row.downloads,
     likes: row.likes,
@@ -252,6 +296,24 @@ function toHit(row: Row): IndexHit {
     statusAtMs: row.status_at,
     score: row.score ?? 0,
   };
+}
+
+/** The stored fields of a document that an update or removal reads. */
+interface CurrentRow {
+  rowid: number;
+  version: string;
+  fts_key: number;
+  id: string;
+  kind: number;
+  title: string;
+  description: string;
+  files: string;
+  body: string;
+}
+
+/** The text columns of a document as one string, for the word counts of `terms`. */
+function textOf(id: string, title: string, description: string, fileNames: string, body: string): string {
+  return `${id}\n${title}\n${description}\n${fileNames}\n${body}`;
 }
 
 /** The part of an id after its last slash: `rocket` of `github.com/acme/rocket`. */
@@ -307,6 +369,21 @@ export class SqliteSearchIndex implements SearchIndex {
   private readonly maxRankedDf: number;
   /** Counts asked during the current search. */
   private readonly counted = new Map<string, number>();
+  /**
+   * The current search counts matches up to this many: one past {@link countBound}, so that
+   * reaching it says the total is a lower bound. Filtered walks read this many keys at once,
+   * which gives both the page and the count.
+   */
+  private countLimit = COUNTED_EXACTLY + 1;
+  /** Whether the current search returns file lists. */
+  private includeFiles = false;
+  /** Every match of the current search's `match`, in key order, when read beforehand ({@link preload}). */
+  private known: { match: string; keys: number[] } | undefined;
+  /** Per kind, live documents added minus removed by the current batch. */
+  private readonly kindDelta = new Map<number, number>();
+  /** Whether the current batch wrote text into `batch_text`, or into `batch_gone`. */
+  private textWritten = false;
+  private textGone = false;
 
   constructor(
     readonly name: string,
@@ -325,16 +402,35 @@ export class SqliteSearchIndex implements SearchIndex {
     const version = this.db.pragma("user_version", { simple: true }) as number;
     this.fresh = version !== SCHEMA_VERSION;
     if (this.fresh) this.createSchema();
-    // Each batch's words pass through a scratch FTS5 table (the same tokenizer) into `terms`.
+    // Each batch's words pass through scratch FTS5 tables (the same tokenizer) into `terms`:
+    // the text of written documents adds to each word's document count, the text they replace
+    // or remove takes from it.
     this.db.exec(`
       CREATE VIRTUAL TABLE temp.batch_text USING fts5(t, content='', detail=none, ${TOKENIZE});
       CREATE VIRTUAL TABLE temp.batch_vocab USING fts5vocab(temp, batch_text, row);
+      CREATE VIRTUAL TABLE temp.batch_gone USING fts5(t, content='', detail=none, ${TOKENIZE});
+      CREATE VIRTUAL TABLE temp.batch_gone_vocab USING fts5vocab(temp, batch_gone, row);
     `);
     this.statements = {
       batchText: this.db.prepare("INSERT INTO temp.batch_text (t) VALUES (?)"),
-      saveTerms: this.db.prepare("INSERT OR IGNORE INTO terms SELECT term FROM temp.batch_vocab"),
+      goneText: this.db.prepare("INSERT INTO temp.batch_gone (t) VALUES (?)"),
+      saveTerms: this.db.prepare(
+        `INSERT INTO terms (term, df) SELECT term, doc FROM temp.batch_vocab WHERE true
+         ON CONFLICT(term) DO UPDATE SET df = df + excluded.df`,
+      ),
+      dropTerms: this.db.prepare(
+        "UPDATE terms SET df = terms.df - g.doc FROM temp.batch_gone_vocab g WHERE terms.term = g.term",
+      ),
       clearBatch: this.db.prepare("INSERT INTO temp.batch_text (batch_text) VALUES ('delete-all')"),
-      expand: this.db.prepare("SELECT term FROM terms WHERE term >= ? AND term < ? ORDER BY term LIMIT ?").pluck(),
+      clearGone: this.db.prepare("INSERT INTO temp.batch_gone (batch_gone) VALUES ('delete-all')"),
+      saveKind: this.db.prepare(
+        "INSERT INTO kinds (kind, n) VALUES (?, ?) ON CONFLICT(kind) DO UPDATE SET n = n + excluded.n",
+      ),
+      kinds: this.db.prepare("SELECT kind, n FROM kinds"),
+      expand: this.db.prepare(
+        "SELECT term, df FROM terms WHERE term >= ? AND term < ? AND df > 0 ORDER BY term LIMIT ?",
+      ),
+      df: this.db.prepare("SELECT df FROM terms WHERE term = ?").pluck(),
       countUpTo: this.db
         .prepare("SELECT count(*) FROM (SELECT 1 FROM documents_fts WHERE documents_fts MATCH ? LIMIT ?)")
         .pluck(),
@@ -345,7 +441,9 @@ export class SqliteSearchIndex implements SearchIndex {
         `SELECT rowid AS key, ${BM25} AS s FROM documents_fts WHERE documents_fts MATCH ?
            AND +rowid IN (SELECT value FROM json_each(?)) ORDER BY s, rowid LIMIT ? OFFSET ?`,
       ),
-      current: this.db.prepare("SELECT rowid, version, fts_key FROM documents WHERE id = ?"),
+      current: this.db.prepare(
+        "SELECT rowid, version, fts_key, id, kind, title, description, files, body FROM documents WHERE id = ?",
+      ),
       upsert: this.db.prepare(
         `INSERT INTO documents (rowid, id, kind, title, description, body, author, tags, pipeline_tag, library_name, license,
            upstream, state, default_branch, refs_count, files, size_bytes, downloads, likes, private, gated, sha,
@@ -379,9 +477,15 @@ export class SqliteSearchIndex implements SearchIndex {
       rankAll: this.db.prepare(
         `SELECT rowid AS key, ${BM25} AS s FROM documents_fts WHERE documents_fts MATCH ? ORDER BY s, rowid LIMIT ? OFFSET ?`,
       ),
+      rowidsOfKind: this.db
+        .prepare("SELECT rowid FROM documents WHERE rowid IN (SELECT value FROM json_each(?)) AND kind = ?")
+        .pluck(),
       names: this.db.prepare("SELECT rowid, id, title FROM documents WHERE rowid IN (SELECT value FROM json_each(?))"),
       byRowids: this.db.prepare(
-        `SELECT ${HIT_COLUMNS} FROM documents d WHERE d.rowid IN (SELECT value FROM json_each(?))`,
+        `SELECT ${hitColumns(false)} FROM documents d WHERE d.rowid IN (SELECT value FROM json_each(?))`,
+      ),
+      byRowidsWithFiles: this.db.prepare(
+        `SELECT ${hitColumns(true)} FROM documents d WHERE d.rowid IN (SELECT value FROM json_each(?))`,
       ),
     };
     this.nextRowid = (this.statements.maxRowid.get() as { n: number }).n + 1;
@@ -434,8 +538,13 @@ export class SqliteSearchIndex implements SearchIndex {
       CREATE INDEX documents_short ON documents(short_key, downloads, id, kind, title) WHERE deleted = 0;
       -- Every word of the text columns (as FTS5 tokenizes it): the last word of a query
       -- expands to the words it begins, so FTS5 never merges a huge prefix doclist.
+      -- Each word keeps the number of live documents whose text holds it: a query knows how
+      -- common its words are without reading their postings, and so which plan to take.
       DROP TABLE IF EXISTS terms;
-      CREATE TABLE terms (term TEXT PRIMARY KEY) WITHOUT ROWID;
+      CREATE TABLE terms (term TEXT PRIMARY KEY, df INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+      -- Live documents per kind: a kind filter takes the cheaper of "this kind" and "not the others".
+      DROP TABLE IF EXISTS kinds;
+      CREATE TABLE kinds (kind INTEGER PRIMARY KEY, n INTEGER NOT NULL);
       CREATE VIRTUAL TABLE documents_fts USING fts5(
         id, title, description, file_names, body, facets,
         content='', contentless_delete=1,
@@ -458,18 +567,39 @@ export class SqliteSearchIndex implements SearchIndex {
    */
   applySync(ops: IndexOp[]): boolean[] {
     return this.db.transaction(() => {
+      this.kindDelta.clear();
+      this.textWritten = false;
+      this.textGone = false;
       const applied = ops.map((op) => ("upsert" in op ? this.upsertOne(op.upsert) : this.removeOne(op.remove)));
-      if (applied.some((a, i) => a && "upsert" in (ops[i] as IndexOp))) {
+      if (this.textWritten) {
         this.statements.saveTerms.run();
         this.statements.clearBatch.run();
       }
+      if (this.textGone) {
+        this.statements.dropTerms.run();
+        this.statements.clearGone.run();
+      }
+      for (const [kind, n] of this.kindDelta) if (n !== 0) this.statements.saveKind.run(kind, n);
       return applied;
     })();
   }
 
+  /**
+   * The live document `current` leaves the full-text index (replaced or removed): its words
+   * and its kind no longer count.
+   */
+  private unindex(current: CurrentRow): void {
+    if (!current.fts_key) return;
+    this.statements.ftsDelete.run(current.fts_key);
+    const fileNames = (JSON.parse(current.files) as SearchDocument["files"]).map((f) => f.path).join(" ");
+    this.statements.goneText.run(textOf(current.id, current.title, current.description, fileNames, current.body));
+    this.textGone = true;
+    this.kindDelta.set(current.kind, (this.kindDelta.get(current.kind) ?? 0) - 1);
+  }
+
   /** The stored row of `id` unless a strictly newer version is stored (then undefined: skip). */
-  private current(id: string, version: bigint): { rowid: number; fts_key: number } | "stale" | undefined {
-    const current = this.statements.current.get(id) as { rowid: number; version: string; fts_key: number } | undefined;
+  private current(id: string, version: bigint): CurrentRow | "stale" | undefined {
+    const current = this.statements.current.get(id) as CurrentRow | undefined;
     // Equal versions re-apply (idempotent); only a strictly newer stored version wins.
     if (current && BigInt(current.version) > version) return "stale";
     return current;
@@ -478,7 +608,7 @@ export class SqliteSearchIndex implements SearchIndex {
   private upsertOne(doc: SearchDocument): boolean {
     const current = this.current(doc.id, doc.version);
     if (current === "stale") return false;
-    if (current?.fts_key) this.statements.ftsDelete.run(current.fts_key);
+    if (current) this.unindex(current);
     const rowid = current?.rowid ?? this.nextRowid++;
     const key = ftsKey(doc.downloads, rowid);
     const fileNames = doc.files.map((f) => f.path).join(" ");
@@ -514,26 +644,38 @@ export class SqliteSearchIndex implements SearchIndex {
       ftsKey: key,
     });
     this.statements.ftsInsert.run(key, doc.id, doc.title, doc.description, fileNames, doc.body, facetsOf(doc));
-    this.statements.batchText.run(`${doc.id}\n${doc.title}\n${doc.description}\n${fileNames}\n${doc.body}`);
+    this.statements.batchText.run(textOf(doc.id, doc.title, doc.description, fileNames, doc.body));
+    this.textWritten = true;
+    this.kindDelta.set(doc.kind, (this.kindDelta.get(doc.kind) ?? 0) + 1);
     return true;
   }
 
   private removeOne({ id, version }: { id: string; version: bigint }): boolean {
     const current = this.current(id, version);
     if (current === "stale") return false;
-    if (current?.fts_key) this.statements.ftsDelete.run(current.fts_key);
+    if (current) this.unindex(current);
     this.statements.tombstone.run(current?.rowid ?? this.nextRowid++, id, version.toString());
     return true;
   }
 
   /** Ranked hits and the total number of matches. */
-  async search(query: IndexQuery): Promise<{ hits: IndexHit[]; total: number }> {
+  async search(query: IndexQuery): Promise<SearchResult> {
     return this.searchSync(query);
   }
 
   /** {@link search} without the promise. */
-  searchSync(query: IndexQuery): { hits: IndexHit[]; total: number } {
+  searchSync(query: IndexQuery): SearchResult {
     this.counted.clear();
+    const bound = countBound(query);
+    this.countLimit = bound + 1;
+    this.includeFiles = query.includeFiles;
+    this.known = undefined;
+    const { hits, total } = this.pageOf(query);
+    return total > bound ? { hits, total: bound, totalIsLowerBound: true } : { hits, total, totalIsLowerBound: false };
+  }
+
+  /** The page of a query and its matches counted up to {@link countLimit}. */
+  private pageOf(query: IndexQuery): { hits: IndexHit[]; total: number } {
     const words = searchTokens(query.text);
     // Text with nothing searchable in it (only emoji or punctuation) matches nothing.
     if (words.length === 0 && query.text.trim()) return { hits: [], total: 0 };
@@ -544,7 +686,6 @@ export class SqliteSearchIndex implements SearchIndex {
     const filter = (name: string, value: string | number, empty: string | number) => {
       if (value !== empty) facets.push(`facets : "${facet(name, value)}"`);
     };
-    filter("kind", query.kind, DocumentKind.UNSPECIFIED);
     filter("author", f.author, "");
     filter("pipeline", f.pipelineTag, "");
     filter("library", f.library, "");
@@ -553,36 +694,123 @@ export class SqliteSearchIndex implements SearchIndex {
     filter("state", f.state, "");
     for (const tag of tags) facets.push(`facets : "${facet("tag", tag)}"`);
     const { field, descending } = effectiveSort(query);
-    if (words.length === 0 && facets.length === 0) return this.browse(field, descending, query);
     const phrases = this.phrases(words);
-    const text = phrases.length > 0 ? `${TEXT_COLUMNS} : (${phrases.join(" AND ")})` : undefined;
-    const match = [...(text ? [text] : []), ...facets].join(" AND ");
-    if (field === SortField.RELEVANCE && text) return this.ranked(words, phrases, facets, match, query);
-    return this.sorted(match, field, descending, query);
+    const text = phrases.length > 0 ? textExpression(phrases) : undefined;
+    // A kind most documents have is cheaper as "none of the other kinds" (their postings are
+    // fewer), which FTS5 can only say after something positive.
+    let without: string | undefined;
+    if (query.kind !== DocumentKind.UNSPECIFIED) {
+      without = text || facets.length > 0 ? this.otherKinds(query.kind) : undefined;
+      if (without === undefined) filter("kind", query.kind, DocumentKind.UNSPECIFIED);
+    }
+    if (!text && facets.length === 0) return this.browse(field, descending, query);
+    const positive = [...(text ? [text] : []), ...facets].join(" AND ");
+    const match = without !== undefined ? `(${positive}) NOT ${without}` : positive;
+    const filtered = facets.length > 0 || without !== undefined;
+    // Text and a filter, or two filters, besides the kind: usually few matches.
+    if (without !== undefined && (text ? 1 : 0) + facets.length >= 2) this.preload(positive, match, query.kind);
+    // At least this many documents match: known from the vocabulary for one word and no filter.
+    const least = !filtered && phrases.length === 1 ? (phrases[0]?.least ?? 0) : 0;
+    if (field === SortField.RELEVANCE && text) return this.ranked(words, phrases, filtered, match, least, query);
+    return this.sorted(match, least, field, descending, query);
   }
 
   /**
-   * The FTS5 phrases of the words: each quoted (quotes doubled), so operators typed by a user
-   * are searched as words; the last a prefix, for search-as-you-type. The prefix is spelled
-   * as the vocabulary words it begins (`("bert" OR "berta")`) when there are few: FTS5 then
-   * walks their doclists in step instead of merging every posting of the prefix first.
+   * The kinds other than `kind` as one FTS5 expression, when they hold fewer live documents
+   * than `kind` does; every document has exactly one kind facet, so "not those" is "this one".
    */
-  private phrases(words: string[]): string[] {
-    const quoted = words.map((t) => `"${t.replace(/"/g, '""')}"`);
-    const last = words.at(-1);
-    if (last === undefined) return [];
-    const key = vocabularyKey(last);
-    const terms =
-      key !== undefined ? (this.statements.expand.all(key, `${key}\u{10ffff}`, MAX_EXPANSION + 1) as string[]) : [];
-    quoted[quoted.length - 1] =
-      terms.length > 0 && terms.length <= MAX_EXPANSION
-        ? `(${terms.map((t) => `"${t.replace(/"/g, '""')}"`).join(" OR ")})`
-        : `${quoted.at(-1) ?? ""}*`;
-    return quoted;
+  private otherKinds(kind: number): string | undefined {
+    const counts = new Map(
+      (this.statements.kinds.all() as Array<{ kind: number; n: number }>).map((r) => [r.kind, r.n] as const),
+    );
+    const known = Object.values(DocumentKind).filter((v): v is number => typeof v === "number");
+    const others = [...new Set([...known, ...counts.keys()])].filter((k) => k !== kind);
+    const rest = others.reduce((n, k) => n + Math.max(0, counts.get(k) ?? 0), 0);
+    if (rest >= (counts.get(kind) ?? 0)) return undefined;
+    return `facets : (${others.map((k) => `"${facet("kind", k)}"`).join(" OR ")})`;
+  }
+
+  /** The query words as FTS5 phrases; the last completes as a prefix, for search-as-you-type. */
+  private phrases(words: string[]): Phrase[] {
+    return words.map((word, i) => this.phrase(word, i === words.length - 1));
+  }
+
+  /**
+   * A word as an FTS5 phrase, quoted (quotes doubled) so that operators typed by a user are
+   * searched as words, and how many documents hold it, from the vocabulary's counts. The
+   * last word is spelled as the vocabulary words it begins (`("bert" OR "berta")`, or
+   * `("fine tuned" OR "fine tuner")` for a word FTS5 cuts in several) when there are few:
+   * FTS5 then walks their doclists in step instead of merging every posting of the prefix
+   * first. With more completions than that, FTS5's own prefix query answers, and the word
+   * itself, when the vocabulary has it, is searched first ({@link Phrase.exact}).
+   */
+  private phrase(word: string, last: boolean): Phrase {
+    const quoted = `"${word.replace(/"/g, '""')}"`;
+    const parts = vocabularyParts(word);
+    if (parts === undefined) return { expr: last ? `${quoted}*` : quoted, least: 0, most: undefined, anywhere: false };
+    const dfs = parts.map((p) => (this.statements.df.get(p) as number | undefined) ?? 0);
+    const head = parts.slice(0, -1);
+    const headDf = Math.min(Infinity, ...dfs.slice(0, -1));
+    // Only ASCII words are certain not to fold into a facet token's shape.
+    const plain = (words: string[]) => words.every((w) => /^[0-9a-z]+$/.test(w) && !FACET_LIKE.test(w));
+    if (!last) {
+      return {
+        expr: quoted,
+        least: head.length === 0 ? (dfs[0] ?? 0) : 0,
+        most: Math.min(...dfs),
+        anywhere: plain(parts),
+      };
+    }
+    const tail = parts.at(-1) ?? "";
+    const terms = this.statements.expand.all(tail, `${tail}\u{10ffff}`, MAX_EXPANSION + 1) as Array<{
+      term: string;
+      df: number;
+    }>;
+    // FTS5's own prefix query may reach into `facets`: those keep the column filter.
+    if (terms.length === 0) return { expr: `${quoted}*`, least: 0, most: 0, anywhere: false };
+    if (terms.length > MAX_EXPANSION) {
+      const exact = (dfs.at(-1) ?? 0) > 0 ? { expr: `"${parts.join(" ")}"`, anywhere: plain(parts) } : undefined;
+      const least = head.length === 0 ? (dfs.at(-1) ?? 0) : 0;
+      return { expr: `${quoted}*`, least, most: undefined, anywhere: false, exact };
+    }
+    const spelled = terms.map((t) => `"${[...head, t.term.replace(/"/g, '""')].join(" ")}"`);
+    return {
+      expr: spelled.length === 1 ? (spelled[0] ?? quoted) : `(${spelled.join(" OR ")})`,
+      least: head.length === 0 ? Math.max(...terms.map((t) => t.df)) : 0,
+      most: Math.min(
+        headDf,
+        terms.reduce((n, t) => n + t.df, 0),
+      ),
+      anywhere: plain(head) && plain(terms.map((t) => t.term)),
+    };
+  }
+
+  /**
+   * A kind most documents have is said as "none of the other kinds", and walking the other
+   * kinds' postings costs about as much as the rest of a selective query. When the query without
+   * the kind has fewer than {@link countLimit} matches, they are read at once and their kind is
+   * checked on the rows: `match` is then answered from those keys ({@link matchKeys}).
+   */
+  private preload(withoutKind: string, match: string, kind: DocumentKind): void {
+    const keys = this.statements.matches.all(withoutKind, this.countLimit) as number[];
+    if (keys.length >= this.countLimit) return;
+    const ofKind = new Set(
+      this.statements.rowidsOfKind.all(JSON.stringify(keys.map((k) => k % KEY_SHIFT)), kind) as number[],
+    );
+    this.known = { match, keys: keys.filter((k) => ofKind.has(k % KEY_SHIFT)).sort((a, b) => a - b) };
+  }
+
+  /** The first `limit` (-1: all) matches of `match` after `offset`, in key order. */
+  private matchKeys(match: string, limit: number, offset = 0): number[] {
+    if (this.known?.match === match) return this.known.keys.slice(offset, limit < 0 ? undefined : offset + limit);
+    return (
+      offset === 0 ? this.statements.matches.all(match, limit) : this.statements.page.all(match, limit, offset)
+    ) as number[];
   }
 
   /** Matches of `match`, counted up to `cap`; a query asks the same count once. */
   private countUpTo(match: string, cap: number): number {
+    if (this.known?.match === match) return cap < 0 ? this.known.keys.length : Math.min(cap, this.known.keys.length);
     const key = `${cap}\u0000${match}`;
     let n = this.counted.get(key);
     if (n === undefined) {
@@ -603,8 +831,8 @@ export class SqliteSearchIndex implements SearchIndex {
   private browse(field: SortField, descending: boolean, query: IndexQuery): { hits: IndexHit[]; total: number } {
     const rows = this.db
       .prepare(
-        `SELECT ${HIT_COLUMNS} FROM documents d WHERE d.deleted = 0 ORDER BY ${this.orderBy(field, descending)}
-         LIMIT ? OFFSET ?`,
+        `SELECT ${hitColumns(this.includeFiles)} FROM documents d WHERE d.deleted = 0
+         ORDER BY ${this.orderBy(field, descending)} LIMIT ? OFFSET ?`,
       )
       .all(query.limit, query.offset) as Row[];
     const total =
@@ -612,8 +840,8 @@ export class SqliteSearchIndex implements SearchIndex {
         ? rows.length
         : (
             this.db
-              .prepare(`SELECT count(*) AS n FROM (SELECT 1 FROM documents WHERE deleted = 0 LIMIT ${MAX_COUNTED})`)
-              .get() as { n: number }
+              .prepare(`SELECT count(*) AS n FROM (SELECT 1 FROM documents WHERE deleted = 0 LIMIT ?)`)
+              .get(this.countLimit) as { n: number }
           ).n;
     return { hits: rows.map(toHit), total };
   }
@@ -623,57 +851,118 @@ export class SqliteSearchIndex implements SearchIndex {
     if (keys.length === 0) return [];
     const rowids = keys.map((k) => k % KEY_SHIFT);
     const byRowid = new Map(
-      (this.statements.byRowids.all(JSON.stringify(rowids)) as Row[]).map((r) => [r.rowid, r] as const),
+      (
+        (this.includeFiles ? this.statements.byRowidsWithFiles : this.statements.byRowids).all(
+          JSON.stringify(rowids),
+        ) as Row[]
+      ).map((r) => [r.rowid, r] as const),
     );
     return rowids.map((r) => byRowid.get(r)).filter((r): r is Row => r !== undefined);
   }
 
   /**
-   * Matches ranked. When every word is in fewer than {@link MAX_RANKED_DF} documents and at
-   * most {@link EXACT_MATCHES} documents match, by bm25 (facets filter the candidates, not
-   * the ranking). Otherwise bm25 would read millions of postings: matches are cut in tiers of
-   * {@link NAME_TIER} in key order (most downloaded first), and within a tier documents whose id
-   * or title holds every word come first; the order is (tier, name match, key), the same on
-   * every page, and a page costs one or two tiers.
+   * Matches ranked. When no word is in {@link MAX_RANKED_DF} documents or more (the
+   * vocabulary's counts say so without reading postings) and at most {@link EXACT_MATCHES}
+   * documents match, by bm25 (filters restrict the candidates, not the ranking). Otherwise
+   * bm25 would read millions of postings: matches come in tiers ({@link tiered}). When the last
+   * word has too many completions to spell, the documents holding the word itself come first
+   * (tiered), then those holding only a completion: the second part needs FTS5's prefix
+   * query, which reads every posting of the prefix, and a page rarely reaches it.
    */
   private ranked(
     words: string[],
-    phrases: string[],
-    facets: string[],
+    phrases: Phrase[],
+    filtered: boolean,
     match: string,
+    least: number,
     query: IndexQuery,
   ): { hits: IndexHit[]; total: number } {
     const { limit, offset } = query;
-    const text = `${TEXT_COLUMNS} : (${phrases.join(" AND ")})`;
+    const text = textExpression(phrases);
+    const cap = Math.max(this.countLimit, this.maxRankedDf);
+    const common = (p: Phrase) =>
+      p.least >= this.maxRankedDf || (p.most ?? this.countUpTo(textExpression([p]), cap)) >= this.maxRankedDf;
+    const fewest = Math.min(...phrases.map((p) => p.most ?? Infinity));
     const rankable =
-      phrases.every(
-        (p) => this.countUpTo(`${TEXT_COLUMNS} : (${p})`, Math.max(MAX_COUNTED, this.maxRankedDf)) < this.maxRankedDf,
-      ) && this.countUpTo(match, this.exact + 1) <= this.exact;
+      !phrases.some(common) && (fewest <= this.exact || this.countUpTo(match, this.exact + 1) <= this.exact);
     if (rankable) {
       const ranked = (
-        facets.length === 0
-          ? this.statements.rankAll.all(text, limit, offset)
-          : this.statements.rankAmong.all(
-              text,
-              JSON.stringify(this.statements.matches.all(match, this.exact)),
-              limit,
-              offset,
-            )
+        filtered
+          ? this.statements.rankAmong.all(text, JSON.stringify(this.matchKeys(match, this.exact)), limit, offset)
+          : this.statements.rankAll.all(text, limit, offset)
       ) as Array<{ key: number; s: number }>;
       const score = new Map(ranked.map((r) => [r.key % KEY_SHIFT, -r.s]));
       const rows = this.rowsOf(ranked.map((r) => r.key));
-      const total = offset === 0 && ranked.length < limit ? rows.length : this.countUpTo(match, MAX_COUNTED);
+      const total = offset === 0 && ranked.length < limit ? rows.length : this.countUpTo(match, this.countLimit);
       return { hits: rows.map((r) => toHit({ ...r, score: score.get(r.rowid) ?? 0 })), total };
     }
-    // Tiers of EXACT_MATCHES matches in key order (most downloaded first); within a tier,
-    // documents whose id or title holds every word come first. A page reads its tiers only.
+    // Possibly few matches (filters, or a rare word): read in one walk, counted on the way.
+    const sparse = filtered || fewest <= this.countLimit;
+    const exact = phrases.at(-1)?.exact;
+    let page: { keys: number[]; named: Set<number>; total: number };
+    if (exact === undefined) {
+      page = this.tiered(words, match, offset, limit, least, sparse);
+    } else {
+      // `match` begins with the text expression; the filters after it stay.
+      const withWord = match.replace(text, () => textExpression([...phrases.slice(0, -1), exact]));
+      const first = this.tiered(words, withWord, offset, limit, least, sparse);
+      // The documents with the word itself, all of them counted when the page goes past them.
+      const before =
+        first.keys.length < limit && first.total >= this.countLimit ? this.countUpTo(withWord, -1) : first.total;
+      const rest =
+        first.keys.length < limit
+          ? this.tiered(
+              words,
+              `(${match}) NOT (${withWord})`,
+              Math.max(0, offset - before),
+              limit - first.keys.length,
+              0,
+              sparse,
+            )
+          : undefined;
+      page = {
+        keys: [...first.keys, ...(rest?.keys ?? [])],
+        named: new Set([...first.named, ...(rest?.named ?? [])]),
+        total: rest
+          ? Math.min(this.countLimit, before + rest.total)
+          : first.total >= this.countLimit
+            ? this.countLimit
+            : this.countUpTo(match, this.countLimit),
+      };
+    }
+    const rows = this.rowsOf(page.keys);
+    return { hits: rows.map((r) => toHit({ ...r, score: page.named.has(r.rowid) ? 2 : 1 })), total: page.total };
+  }
+
+  /**
+   * A page of `match` without bm25: matches are cut in tiers of {@link NAME_TIER} in key order
+   * (most downloaded first), and within a tier documents whose id or title holds every word
+   * come first; the order is (tier, name match, key), the same on every page, and a page
+   * costs one or two tiers. `named` holds the rowids of the page's name matches; `total`
+   * counts up to {@link countLimit} (`least` of them known beforehand). When the match set
+   * may be `sparse`, its first {@link countLimit} keys are read at once: fewer, and they are the
+   * tiers and the count in one walk.
+   */
+  private tiered(
+    words: string[],
+    match: string,
+    offset: number,
+    limit: number,
+    least: number,
+    sparse: boolean,
+  ): { keys: number[]; named: Set<number>; total: number } {
     const tier = Math.min(this.exact, NAME_TIER);
+    const all = sparse ? this.matchKeys(match, this.countLimit) : undefined;
+    const complete = all !== undefined && all.length < this.countLimit;
     const keys: number[] = [];
     // Set when a tier comes up short: the matches end there, and their number is known.
-    let counted: number | undefined;
+    let counted = complete ? all.length : undefined;
     for (let t = Math.floor(offset / tier); t <= Math.floor((offset + limit - 1) / tier); t++) {
-      const candidates = this.statements.page.all(match, tier, t * tier) as number[];
-      if (candidates.length < tier && (candidates.length > 0 || t === 0)) counted = t * tier + candidates.length;
+      const candidates =
+        all && (complete || (t + 1) * tier <= all.length)
+          ? all.slice(t * tier, (t + 1) * tier)
+          : this.matchKeys(match, tier, t * tier);
+      if (candidates.length < tier && (candidates.length > 0 || t === 0)) counted ??= t * tier + candidates.length;
       const named = new Set(
         this.namesOf(candidates)
           .filter((r) => namesMatch(words, r))
@@ -687,13 +976,15 @@ export class SqliteSearchIndex implements SearchIndex {
       keys.push(...ordered.slice(from, from + limit - keys.length));
       if (candidates.length < tier) break;
     }
-    const byName = new Set<number>();
-    for (const r of this.namesOf(keys)) if (namesMatch(words, r)) byName.add(r.rowid);
-    const rows = this.rowsOf(keys);
-    return {
-      hits: rows.map((r) => toHit({ ...r, score: byName.has(r.rowid) ? 2 : 1 })),
-      total: counted !== undefined ? Math.min(counted, MAX_COUNTED) : this.countUpTo(match, MAX_COUNTED),
-    };
+    const named = new Set<number>();
+    for (const r of this.namesOf(keys)) if (namesMatch(words, r)) named.add(r.rowid);
+    const total =
+      counted !== undefined
+        ? Math.min(counted, this.countLimit)
+        : least >= this.countLimit
+          ? this.countLimit
+          : this.countUpTo(match, this.countLimit);
+    return { keys, named, total };
   }
 
   /** Ids and titles of these FTS keys. */
@@ -713,17 +1004,19 @@ export class SqliteSearchIndex implements SearchIndex {
    */
   private sorted(
     match: string,
+    least: number,
     field: SortField,
     descending: boolean,
     query: IndexQuery,
   ): { hits: IndexHit[]; total: number } {
     const { limit, offset } = query;
     const { spec, resolved } = sortSpec(field);
-    const all = this.statements.matches.all(match, this.exact) as number[];
-    let keys = all;
-    let total = all.length;
-    if (all.length >= this.exact) {
-      total = this.countUpTo(match, MAX_COUNTED);
+    // `least` known to reach the bound: no need to read the first matches to find out.
+    const all = least >= this.exact ? undefined : this.matchKeys(match, this.exact);
+    let keys = all ?? [];
+    let total = keys.length;
+    if (all === undefined || all.length >= this.exact) {
+      total = least >= this.countLimit ? this.countLimit : this.countUpTo(match, this.countLimit);
       keys = [];
       const range = {
         lo: this.db.prepare(spec.range[0]).pluck().get() as number | string,
@@ -742,13 +1035,13 @@ export class SqliteSearchIndex implements SearchIndex {
       const step = descending ? -1 : 1;
       for (let b = descending ? hi : lo; b >= lo && b <= hi && keys.length < offset + limit; b += step) {
         keys.push(
-          ...(this.statements.matches.all(`${match} AND facets : "${sortToken(resolved, b)}"`, -1) as number[]),
+          ...(this.statements.matches.all(`(${match}) AND facets : "${sortToken(resolved, b)}"`, -1) as number[]),
         );
       }
     }
     const rows = this.db
       .prepare(
-        `SELECT ${HIT_COLUMNS} FROM documents d WHERE d.rowid IN (SELECT value FROM json_each(?))
+        `SELECT ${hitColumns(this.includeFiles)} FROM documents d WHERE d.rowid IN (SELECT value FROM json_each(?))
          ORDER BY ${this.orderBy(resolved, descending)} LIMIT ? OFFSET ?`,
       )
       .all(JSON.stringify(keys.map((k) => k % KEY_SHIFT)), limit, offset) as Row[];

@@ -23,6 +23,36 @@ async function exists(path: string): Promise<boolean> {
 }
 
 /**
+ * Group commit of fsyncs per key (a folder): a caller waits for a sync that starts after its
+ * call, and every caller that arrives while one is running shares the next one.
+ */
+export class GroupSync {
+  private readonly state = new Map<string, { running: Promise<void>; queued?: Promise<void> }>();
+
+  constructor(private readonly syncOnce: (key: string) => Promise<void>) {}
+
+  sync(key: string): Promise<void> {
+    const entry = this.state.get(key);
+    if (!entry) return this.start(key);
+    // The running sync may have begun before the caller's change: wait for the next one.
+    entry.queued ??= entry.running.then(
+      () => this.start(key),
+      () => this.start(key),
+    );
+    return entry.queued;
+  }
+
+  private start(key: string): Promise<void> {
+    const entry: { running: Promise<void>; queued?: Promise<void> } = { running: Promise.resolve() };
+    entry.running = this.syncOnce(key).finally(() => {
+      if (this.state.get(key) === entry && entry.queued === undefined) this.state.delete(key);
+    });
+    this.state.set(key, entry);
+    return entry.running;
+  }
+}
+
+/**
  * Blobs in a local folder: `sha256/ab/cd/<sha256>`. An upload is written to `tmp/`, hashed as
  * it arrives, fsynced, and linked into place only when sha256 and size match, so a reader
  * never sees a partial or wrong blob and a crash leaves only a temporary file behind.
@@ -33,38 +63,66 @@ export class FsBlobStore implements BlobStore {
 
   constructor(private readonly root: string) {}
 
+  /** Folder fsyncs, shared by the puts that wait on the same folder at the same time. */
+  private readonly dirSyncs = new GroupSync(async (dir) => {
+    const handle = await open(dir, "r");
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  });
+
   /**
-   * Makes the verified file `from` visible as `to` unless `to` exists: a hard link fails rather
-   * than replace, so of concurrent puts of one blob (in any process) exactly one creates it.
-   * `from` is removed either way. Makes `to`'s folder first.
+   * Makes the verified (already fsynced) file `from` visible as `to` unless `to` exists: a hard
+   * link fails rather than replace, so of concurrent puts of one blob (in any process) exactly
+   * one creates it. Either way `to`'s folder entry is fsynced before this returns, so an
+   * answered put survives a power cut. `from` is removed either way. Makes `to`'s folder first.
    */
   private async publish(from: string, to: string): Promise<{ created: boolean }> {
     const dir = dirname(to);
+    let removed: Promise<void> | undefined;
     try {
-      if (!this.dirs.has(dir)) {
-        await mkdir(dir, { recursive: true });
-        this.dirs.add(dir);
-      }
+      if (!this.dirs.has(dir)) await this.makeDir(dir);
       try {
         await link(from, to);
       } catch (error) {
         const code = (error as NodeJS.ErrnoException).code;
-        if (code === "EEXIST") return { created: false };
+        if (code === "EEXIST") {
+          // Another put linked it and may still be waiting on its folder fsync.
+          await this.dirSyncs.sync(dir);
+          return { created: false };
+        }
         if (code === "EPERM" || code === "ENOTSUP" || code === "EOPNOTSUPP") {
           // A filesystem without hard links: rename, which may replace an identical blob.
           if (await exists(to)) return { created: false };
           await rename(from, to);
+          await this.dirSyncs.sync(dir);
           return { created: true };
         }
         if (code !== "ENOENT" || !(await exists(from))) throw error;
         // The folder went away under us (removed by hand): make it again.
-        await mkdir(dir, { recursive: true });
+        await this.makeDir(dir);
         await link(from, to);
       }
+      // The temporary name goes while the folder is synced: both are needed only before answering.
+      removed = removeFile(from);
+      await Promise.all([this.dirSyncs.sync(dir), removed]);
       return { created: true };
     } finally {
-      await removeFile(from);
+      await (removed ?? removeFile(from));
     }
+  }
+
+  /** Makes a fan-out folder; the entries of folders it creates are fsynced in their parents. */
+  private async makeDir(dir: string): Promise<void> {
+    const first = await mkdir(dir, { recursive: true });
+    if (first !== undefined) {
+      const made: string[] = [];
+      for (let d = dir; d.length >= first.length; d = dirname(d)) made.push(d);
+      await Promise.all(made.map((d) => this.dirSyncs.sync(dirname(d))));
+    }
+    this.dirs.add(dir);
   }
 
   private pathOf(sha256: string): string {
@@ -266,8 +324,9 @@ export class FsBlobStore implements BlobStore {
 
   /**
    * A small blob is received whole and verified before the disk sees it, so a refused one
-   * costs no I/O and a stored one six thread-pool calls: open, write, fdatasync, close, link,
-   * unlink (no lookup first: the link finds an existing blob).
+   * costs no I/O, one already stored a stat and a (shared) folder fsync, and a new one: stat,
+   * open, write, fdatasync, then close alongside link, the folder fsync (shared by concurrent
+   * puts into that folder), unlink. The link still settles a race between puts.
    */
   private async putSmall(
     expected: BlobStat,
@@ -302,8 +361,17 @@ export class FsBlobStore implements BlobStore {
         `sha256 mismatch: declared ${expected.sha256}, received ${actual}; nothing was stored`,
       );
     }
+    // A blob already stored (content-addressed: same sha, same bytes) costs one stat, not a
+    // write and an fdatasync that the link would then refuse.
+    const target = this.pathOf(expected.sha256);
+    if (await exists(target)) {
+      // Its put may still be waiting on the folder fsync (in another process, too): share it.
+      await this.dirSyncs.sync(dirname(target));
+      return { created: false };
+    }
     const tmp = join(this.root, "tmp", randomUUID());
     const file = await open(tmp, "wx");
+    let closed: Promise<void> | undefined;
     try {
       try {
         const bytes = parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
@@ -312,11 +380,16 @@ export class FsBlobStore implements BlobStore {
         }
         // Durable before it becomes visible, and before the call answers.
         await file.datasync();
-      } finally {
+      } catch (error) {
         await file.close();
+        throw error;
       }
-      return await this.publish(tmp, this.pathOf(expected.sha256));
+      // The link needs the path, not the descriptor: close alongside it.
+      closed = file.close();
+      const [result] = await Promise.all([this.publish(tmp, target), closed]);
+      return result;
     } catch (error) {
+      await closed?.catch(() => undefined);
       await rm(tmp, { force: true });
       throw error;
     }

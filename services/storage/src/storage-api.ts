@@ -21,6 +21,20 @@ function checkSha(sha256: string): string {
   return sha256;
 }
 
+/**
+ * The requests of a client-streaming call, read without destroying the call when they end: a
+ * Readable's default iterator destroys the (still unanswered) call with an AbortError whose
+ * stack, formatted through source maps, cost ~0.2 ms per small PutBlob.
+ */
+function requestsOf<T>(requests: AsyncIterable<T>): AsyncIterator<T> {
+  const readable = requests as AsyncIterable<T> & {
+    iterator?: (options: { destroyOnReturn: boolean }) => AsyncIterator<T>;
+  };
+  return typeof readable.iterator === "function"
+    ? readable.iterator({ destroyOnReturn: false })
+    : requests[Symbol.asyncIterator]();
+}
+
 /** nearhub.storage.v1.StorageService over a blob backend. */
 export function storageApi(store: BlobStore, bus: Bus, sessions: UploadSessions): ServiceImpl<typeof StorageService> {
   const announce = async (sha: string, size: number, ctx: CallContext, action: string) => {
@@ -56,7 +70,7 @@ export function storageApi(store: BlobStore, bus: Bus, sessions: UploadSessions)
     },
 
     async putBlob(requests, ctx) {
-      const iterator = requests[Symbol.asyncIterator]();
+      const iterator = requestsOf(requests);
       const first = await iterator.next();
       const header = first.done ? undefined : first.value.part;
       if (header?.case !== "header" || !header.value) {
@@ -146,7 +160,7 @@ export function storageApi(store: BlobStore, bus: Bus, sessions: UploadSessions)
     },
 
     async uploadChunk(requests, ctx) {
-      const iterator = requests[Symbol.asyncIterator]();
+      const iterator = requestsOf(requests);
       const first = await iterator.next();
       const header = first.done ? undefined : first.value.part;
       if (header?.case !== "header" || !header.value) {

@@ -23,6 +23,12 @@ function hitLine(h: HitJson): string {
   return `${kind.padEnd(8)} ${h.id}${h.description ? `  ${h.description}` : ""}${extra.length ? `  (${extra.join(", ")})` : ""}`;
 }
 
+/** The number of matches as people read it: `1,000+` when the server counted no further. */
+function totalText(total: string | undefined, lowerBound: boolean | undefined, shown: number): string {
+  const n = Number(total ?? shown).toLocaleString("en");
+  return lowerBound ? `${n}+` : n;
+}
+
 /** `nearhub search`: repositories, models and datasets, through the edge. */
 export const searchCommand: Command = {
   name: "search",
@@ -60,6 +66,7 @@ export const searchCommand: Command = {
     const result = (await callApi(values.url ?? ctx.defaultUrl, "GET", `/api/search?${params.toString()}`)) as {
       hits?: HitJson[];
       total?: string;
+      totalIsLowerBound?: boolean;
     };
     const hits = result.hits ?? [];
     print(values.json ?? false, result, () =>
@@ -67,7 +74,7 @@ export const searchCommand: Command = {
         ? "no matches"
         : [
             ...hits.map(hitLine),
-            `${hits.length} of ${result.total ?? hits.length} match${result.total === "1" ? "" : "es"}`,
+            `${hits.length} of ${totalText(result.total, result.totalIsLowerBound, hits.length)} match${result.total === "1" && !result.totalIsLowerBound ? "" : "es"}`,
           ].join("\n"),
     );
     return 0;
