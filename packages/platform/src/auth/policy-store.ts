@@ -64,6 +64,12 @@ export class PolicyStore {
     while (!this.stopped) {
       try {
         this.watcher = await this.kv.watch(revision > 0 ? { resumeFromRevision: revision + 1 } : {});
+        // stop() may have run while the watch was being created (an empty bucket makes open()
+        // return at once): it found no watcher to stop, so stop this one here.
+        if (this.stopped) {
+          this.watcher.stop();
+          return;
+        }
         for await (const entry of this.watcher) {
           revision = Math.max(revision, entry.revision);
           this.apply(entry);
