@@ -286,7 +286,10 @@ export class RpcServer {
         return (call: grpc.ServerReadableStream<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
           let response: unknown;
           this.runCall(info, call, async (ctx) => {
-            response = create(output, (await handler(call as AsyncIterable<unknown>, ctx)) as never);
+            // As for bidi calls: the default iterator would destroy the still unanswered call
+            // (an AbortError per call) when the handler stops reading.
+            const requests = call.iterator({ destroyOnReturn: false }) as AsyncIterable<unknown>;
+            response = create(output, (await handler(requests, ctx)) as never);
           }).then(
             () => callback(null, response),
             (error: unknown) => callback(toServiceError(error)),

@@ -30,7 +30,7 @@ export interface CallContext {
    * Whether the client cancelled or the deadline passed, read without creating `signal` (an
    * AbortSignal costs microseconds per call); for polling at a natural checkpoint.
    */
-  readonly aborted?: boolean;
+  readonly aborted: boolean;
   /** Set by the authentication hook before the handler runs. */
   principal: Principal;
   readonly logger: Logger;

@@ -92,7 +92,7 @@ export function auditApi({ index, trail, recorder, trustedKeys }: AuditApiDeps):
       const bounds = range(request.since, request.until);
       let after = 0n;
       for (;;) {
-        if (ctx.signal.aborted) return;
+        if (ctx.aborted) return;
         const page = index.query({ ...bounds, afterSequence: after, limit: 500 });
         for (const record of page) yield { record };
         const last = page.at(-1);

@@ -278,7 +278,7 @@ export function inferenceApi(
         deadline: undefined,
         principal: ctx.principal,
         get aborted() {
-          return ctx.aborted ?? ctx.signal.aborted;
+          return ctx.aborted;
         },
       };
       const done: Array<{ errorMessage?: string; inferResponse?: InferResponse }> = [];
@@ -342,7 +342,7 @@ export function inferenceApi(
         await new Promise<void>((r) => (wake = r));
       }
       await reader;
-      if (readError && !ctx.signal.aborted) throw NearhubError.from(readError, Code.Internal);
+      if (readError && !ctx.aborted) throw NearhubError.from(readError, Code.Internal);
     },
     async modelStatistics(request, ctx) {
       if (request.name) await ctx.authorize("read", modelResource(request.name));

@@ -21,20 +21,6 @@ function checkSha(sha256: string): string {
   return sha256;
 }
 
-/**
- * The requests of a client-streaming call, read without destroying the call when they end: a
- * Readable's default iterator destroys the (still unanswered) call with an AbortError whose
- * stack, formatted through source maps, cost ~0.2 ms per small PutBlob.
- */
-function requestsOf<T>(requests: AsyncIterable<T>): AsyncIterator<T> {
-  const readable = requests as AsyncIterable<T> & {
-    iterator?: (options: { destroyOnReturn: boolean }) => AsyncIterator<T>;
-  };
-  return typeof readable.iterator === "function"
-    ? readable.iterator({ destroyOnReturn: false })
-    : requests[Symbol.asyncIterator]();
-}
-
 /** nearhub.storage.v1.StorageService over a blob backend. */
 export function storageApi(store: BlobStore, bus: Bus, sessions: UploadSessions): ServiceImpl<typeof StorageService> {
   const announce = async (sha: string, size: number, ctx: CallContext, action: string) => {
@@ -70,7 +56,7 @@ export function storageApi(store: BlobStore, bus: Bus, sessions: UploadSessions)
     },
 
     async putBlob(requests, ctx) {
-      const iterator = requestsOf(requests);
+      const iterator = requests[Symbol.asyncIterator]();
       const first = await iterator.next();
       const header = first.done ? undefined : first.value.part;
       if (header?.case !== "header" || !header.value) {
@@ -118,7 +104,7 @@ export function storageApi(store: BlobStore, bus: Bus, sessions: UploadSessions)
       let batch: Uint8Array[] = [];
       let batched = 0;
       for await (const chunk of store.get(sha, offset, length)) {
-        if (ctx.signal.aborted) return;
+        if (ctx.aborted) return;
         let bytes = chunk;
         if (batched > 0 || chunk.byteLength < MIN_MESSAGE) {
           batch.push(chunk);
@@ -132,8 +118,7 @@ export function storageApi(store: BlobStore, bus: Bus, sessions: UploadSessions)
           yield { chunk: bytes.subarray(i, Math.min(i + MAX_CHUNK, bytes.byteLength)) };
         }
       }
-      if (batched > 0 && !ctx.signal.aborted)
-        yield { chunk: batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched) };
+      if (batched > 0 && !ctx.aborted) yield { chunk: batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched) };
     },
 
     async presignGet(request) {
@@ -160,7 +145,7 @@ export function storageApi(store: BlobStore, bus: Bus, sessions: UploadSessions)
     },
 
     async uploadChunk(requests, ctx) {
-      const iterator = requestsOf(requests);
+      const iterator = requests[Symbol.asyncIterator]();
       const first = await iterator.next();
       const header = first.done ? undefined : first.value.part;
       if (header?.case !== "header" || !header.value) {
