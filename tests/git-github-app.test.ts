@@ -14,17 +14,9 @@ import { MirrorState, SyncService } from "@nearhub/proto/sync";
 import { serveGitHttpBackend, startSync, syncEnv, type HttpBackend, type SyncHandle } from "@nearhub/sync";
 import { adminAuth, deleteNamespace, eventually, nats, serviceEnv, tempDir, uniqueNamespace } from "@nearhub/testing";
 import { importSPKI, jwtVerify } from "jose";
+import { GIT_ENV as GIT } from "./processes.js";
 
 const run = promisify(execFile);
-const GIT = {
-  ...process.env,
-  GIT_CONFIG_NOSYSTEM: "1",
-  GIT_CONFIG_GLOBAL: "/dev/null",
-  GIT_AUTHOR_NAME: "t",
-  GIT_AUTHOR_EMAIL: "t@example.com",
-  GIT_COMMITTER_NAME: "t",
-  GIT_COMMITTER_EMAIL: "t@example.com",
-};
 const git = async (args: string[], cwd?: string) => (await run("git", args, { cwd, env: GIT })).stdout.trim();
 
 describe("sync service with a GitHub App: mirror through installation tokens, pause on a refused app", () => {

@@ -1,27 +1,14 @@
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { promisify } from "node:util";
 import { GitFetcher, parseLsRemote, selected, type MirrorSpec } from "./git-fetcher.js";
 import { serveGitHttpBackend, type HttpBackend } from "./git-http-backend.js";
 import { ARCHIVE_PREFIX, RepoLayout, parsePackedRefs, readRefs } from "./git-repo.js";
 import { GitError, classifyGitFailure, redact } from "./git-runner.js";
-
-const run = promisify(execFile);
-const ENV = {
-  ...process.env,
-  GIT_CONFIG_NOSYSTEM: "1",
-  GIT_CONFIG_GLOBAL: "/dev/null",
-  GIT_AUTHOR_NAME: "t",
-  GIT_AUTHOR_EMAIL: "t@example.com",
-  GIT_COMMITTER_NAME: "t",
-  GIT_COMMITTER_EMAIL: "t@example.com",
-};
-const git = async (args: string[], cwd?: string) => (await run("git", args, { cwd, env: ENV })).stdout.trim();
+import { git } from "./test-git.js";
 
 describe("GitFetcher against git http-backend", () => {
   let dir: string;

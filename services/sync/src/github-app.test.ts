@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -7,7 +6,6 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, beforeEach, describe, test } from "node:test";
-import { promisify } from "node:util";
 import { ConfigError, parseEnv } from "@nearhub/platform";
 import { decodeProtectedHeader, importSPKI, jwtVerify } from "jose";
 import { syncEnv } from "./config.js";
@@ -16,18 +14,7 @@ import { serveGitHttpBackend, type HttpBackend } from "./git-http-backend.js";
 import { RepoLayout, readRefs } from "./git-repo.js";
 import { GitError } from "./git-runner.js";
 import { UpstreamCredentials, loadAppKey, resolveGitHubApps, type ResolvedGitHubApp } from "./github-app.js";
-
-const run = promisify(execFile);
-const ENV = {
-  ...process.env,
-  GIT_CONFIG_NOSYSTEM: "1",
-  GIT_CONFIG_GLOBAL: "/dev/null",
-  GIT_AUTHOR_NAME: "t",
-  GIT_AUTHOR_EMAIL: "t@example.com",
-  GIT_COMMITTER_NAME: "t",
-  GIT_COMMITTER_EMAIL: "t@example.com",
-};
-const git = async (args: string[], cwd?: string) => (await run("git", args, { cwd, env: ENV })).stdout.trim();
+import { git } from "./test-git.js";
 
 const APP_ID = "12345";
 const INSTALLATION = "67890";

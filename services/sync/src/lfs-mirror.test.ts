@@ -9,17 +9,9 @@ import { promisify } from "node:util";
 import { createClient } from "@nearhub/platform";
 import { StorageService } from "@nearhub/proto/storage";
 import { LfsMirror, parseLfsPointer } from "./lfs-mirror.js";
+import { TEST_GIT_ENV as ENV } from "./test-git.js";
 
 const run = promisify(execFile);
-const ENV = {
-  ...process.env,
-  GIT_CONFIG_NOSYSTEM: "1",
-  GIT_CONFIG_GLOBAL: "/dev/null",
-  GIT_AUTHOR_NAME: "t",
-  GIT_AUTHOR_EMAIL: "t@example.com",
-  GIT_COMMITTER_NAME: "t",
-  GIT_COMMITTER_EMAIL: "t@example.com",
-};
 const pointer = (oid: string, size: number) =>
   `version https://git-lfs.github.com/spec/v1\noid sha256:${oid}\nsize ${size}\n`;
 
