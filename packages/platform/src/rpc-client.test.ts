@@ -64,13 +64,13 @@ function echoImpl(
 async function startServer(
   overrides: Partial<ServiceImpl<typeof EchoService>> = {},
   health?: ServiceImpl<typeof Health>,
-): Promise<{ address: string; seen: Seen; close(): Promise<void> }> {
+): Promise<{ address: string; seen: Seen; close(timeoutMs?: number): Promise<void> }> {
   const seen: Seen = { echoCalls: 0, contexts: [] };
   const server = new RpcServer({ service: "test", logger: silentLogger, metrics: new ServiceMetrics("test") });
   server.addService(EchoService, echoImpl(seen, overrides));
   if (health) server.addService(Health, health);
   const port = await server.listen("127.0.0.1", 0);
-  return { address: `127.0.0.1:${port}`, seen, close: () => server.shutdown(1000) };
+  return { address: `127.0.0.1:${port}`, seen, close: (timeoutMs = 1000) => server.shutdown(timeoutMs) };
 }
 
 /** A port nothing listens on: bind one, then close it. */
@@ -211,6 +211,43 @@ describe("createClient: errors", () => {
     } finally {
       client.$close();
       await server.close();
+    }
+  });
+
+  test("a client-streaming call whose server goes away while the client waits for flow control fails, not hangs", async () => {
+    // The server reads one request and then nothing: the client's writes back up; then the
+    // server is cut off. Only the call's callback says so (a lost connection is no stream event).
+    let firstSeen!: () => void;
+    const first = new Promise<void>((resolve) => (firstSeen = resolve));
+    const server = await startServer({
+      async echoClientStream(requests) {
+        for await (const _ of requests) {
+          firstSeen();
+          await sleep(60_000);
+        }
+        return { texts: [] };
+      },
+    });
+    const client = createClient(EchoService, server.address, { timeoutMs: 5000 });
+    let closed = false;
+    async function* endless() {
+      try {
+        for (;;) yield { text: "x".repeat(1 << 20) };
+      } finally {
+        closed = true;
+      }
+    }
+    try {
+      const call = rejection(client.echoClientStream(endless()));
+      await first;
+      await sleep(200);
+      await server.close(0);
+      const error = await call;
+      // Before, the process simply ran out of work and exited 0 with the upload unfinished.
+      assert.ok([Code.Unavailable, Code.DeadlineExceeded].includes(error.code), error.message);
+      assert.ok(closed, "the request source was closed");
+    } finally {
+      client.$close();
     }
   });
 

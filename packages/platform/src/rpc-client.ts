@@ -175,7 +175,7 @@ function makeMethod(channel: grpc.Client, address: string, method: DescMethod, o
             const writable = stream as unknown as grpc.ClientWritableStream<unknown>;
             abortOn(call?.signal, () => writable.cancel());
             result.catch(() => undefined);
-            await pump(requests, writable, method).catch((error: unknown) => {
+            await pump(requests, writable, method, result).catch((error: unknown) => {
               // A failed request source must end the call now: left open, the server would
               // wait for more requests until the deadline.
               writable.cancel();
@@ -250,13 +250,22 @@ async function pump(
   requests: AsyncIterable<unknown>,
   stream: grpc.ClientWritableStream<unknown> | grpc.ClientDuplexStream<unknown, unknown>,
   method: DescMethod,
+  ended?: Promise<unknown>,
 ): Promise<void> {
+  // A client-streaming call reports its end (an answer, or a lost connection) only through its
+  // callback, never as a stream event: waiting for "drain" alone would then wait forever.
+  let over = false;
+  void ended?.then(
+    () => (over = true),
+    () => (over = true),
+  );
   for await (const request of requests) {
+    if (over) return;
     if (!stream.write(create(method.input, request as never))) {
-      await new Promise<void>((resolve, reject) => {
+      const stop = await new Promise<boolean>((resolve, reject) => {
         const onDrain = () => {
           stream.off("error", onError);
-          resolve();
+          resolve(false);
         };
         const onError = (e: Error) => {
           stream.off("drain", onDrain);
@@ -264,7 +273,14 @@ async function pump(
         };
         stream.once("drain", onDrain);
         stream.once("error", onError);
+        const onEnd = () => {
+          stream.off("drain", onDrain);
+          stream.off("error", onError);
+          resolve(true);
+        };
+        ended?.then(onEnd, onEnd);
       });
+      if (stop) return;
     }
   }
   stream.end();
