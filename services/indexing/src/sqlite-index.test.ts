@@ -140,9 +140,12 @@ describe("SqliteSearchIndex large match sets", () => {
     [SortField.NAME]: (d) => d.id.toLowerCase(),
   };
 
-  async function withIndex(run: (index: SqliteSearchIndex) => Promise<void>): Promise<void> {
+  async function withIndex(
+    run: (index: SqliteSearchIndex) => Promise<void>,
+    options: { walkFrom?: number } = {},
+  ): Promise<void> {
     const dir = await mkdtemp(join(tmpdir(), "nearhub-index-"));
-    const index = new SqliteSearchIndex(join(dir, "s.sqlite"), { exactMatches: 4 });
+    const index = new SqliteSearchIndex(join(dir, "s.sqlite"), { exactMatches: 4, ...options });
     try {
       await index.apply(docs.map((doc) => ({ upsert: doc })));
       await run(index);
@@ -163,56 +166,68 @@ describe("SqliteSearchIndex large match sets", () => {
     return { seen, totals: [...totals] };
   }
 
-  test("every sort field, both directions, with text, filters or both: exact order, every page", async () => {
-    await withIndex(async (index) => {
-      const cases: Array<{ text?: string; filters?: { tags?: string[]; author?: string }; kind?: DocumentKind }> = [
-        { text: "shared" },
-        { filters: { tags: ["pytorch"] } },
-        { text: "words", filters: { author: "even" }, kind: DocumentKind.MODEL },
-      ];
-      for (const c of cases) {
-        const matching = docs.filter(
-          (d) =>
-            (!c.filters?.tags || d.tags.includes(c.filters.tags[0] ?? "")) &&
-            (!c.filters?.author || d.author === c.filters.author) &&
-            (!c.kind || d.kind === c.kind),
-        );
-        for (const sort of [
-          SortField.DOWNLOADS,
-          SortField.LIKES,
-          SortField.UPDATED,
-          SortField.CREATED,
-          SortField.NAME,
-        ]) {
-          for (const direction of [SortDirection.ASC, SortDirection.DESC]) {
-            const key = sortKey[sort] as (d: (typeof docs)[number]) => number | string;
-            const sign = direction === SortDirection.DESC ? -1 : 1;
-            const expected = [...matching]
-              .sort((a, b) => {
-                const ka = key(a);
-                const kb = key(b);
-                const primary =
-                  typeof ka === "string" || typeof kb === "string"
-                    ? byBytes(String(ka), String(kb))
-                    : ka === kb
-                      ? 0
-                      : ka < kb
-                        ? -1
-                        : 1;
-                return primary !== 0 ? sign * primary : byBytes(a.id, b.id);
-              })
-              .map((d) => d.id);
-            const label = `${JSON.stringify(c)} sort ${sort} direction ${direction}`;
-            for (const size of [1, 7, 100]) {
-              const { seen, totals } = await pages(index, { ...c, sort, direction }, size);
-              assert.deepEqual(seen, expected, `${label}, pages of ${size}`);
-              assert.deepEqual(totals, [expected.length], `${label}: total`);
+  // The same order whichever way a sort bucket is put in order: its matches sorted, or its
+  // index range walked (every bucket of more than `walkFrom` matches; 0: all of them, so
+  // sparse buckets also exercise the walk giving up). "shared" is in every document: its
+  // first pages come from the walk over the whole sort index.
+  for (const walkFrom of [1000, 0]) {
+    test(`every sort field, both directions, with text, filters or both: exact order, every page (buckets walked from ${walkFrom} matches)`, async () => {
+      await withIndex(
+        async (index) => {
+          const cases: Array<{ text?: string; filters?: { tags?: string[]; author?: string }; kind?: DocumentKind }> = [
+            { text: "shared" },
+            { filters: { tags: ["pytorch"] } },
+            { text: "words", filters: { author: "even" }, kind: DocumentKind.MODEL },
+            // Filters only, with an author: sorted by name, from the (author, name) index.
+            { filters: { author: "EVEN" } },
+            { filters: { author: "odd" }, kind: DocumentKind.MODEL },
+          ];
+          for (const c of cases) {
+            const matching = docs.filter(
+              (d) =>
+                (!c.filters?.tags || d.tags.includes(c.filters.tags[0] ?? "")) &&
+                (!c.filters?.author || d.author === c.filters.author.toLowerCase()) &&
+                (!c.kind || d.kind === c.kind),
+            );
+            for (const sort of [
+              SortField.DOWNLOADS,
+              SortField.LIKES,
+              SortField.UPDATED,
+              SortField.CREATED,
+              SortField.NAME,
+            ]) {
+              for (const direction of [SortDirection.ASC, SortDirection.DESC]) {
+                const key = sortKey[sort] as (d: (typeof docs)[number]) => number | string;
+                const sign = direction === SortDirection.DESC ? -1 : 1;
+                const expected = [...matching]
+                  .sort((a, b) => {
+                    const ka = key(a);
+                    const kb = key(b);
+                    const primary =
+                      typeof ka === "string" || typeof kb === "string"
+                        ? byBytes(String(ka), String(kb))
+                        : ka === kb
+                          ? 0
+                          : ka < kb
+                            ? -1
+                            : 1;
+                    return primary !== 0 ? sign * primary : byBytes(a.id, b.id);
+                  })
+                  .map((d) => d.id);
+                const label = `${JSON.stringify(c)} sort ${sort} direction ${direction}`;
+                for (const size of [1, 7, 100]) {
+                  const { seen, totals } = await pages(index, { ...c, sort, direction }, size);
+                  assert.deepEqual(seen, expected, `${label}, pages of ${size}`);
+                  assert.deepEqual(totals, [expected.length], `${label}: total`);
+                }
+              }
             }
           }
-        }
-      }
+        },
+        { walkFrom },
+      );
     });
-  });
+  }
 
   test("relevance beyond the thresholds: name matches first, then the rest, each most downloaded first", async () => {
     await withIndex(async (index) => {
@@ -387,6 +402,104 @@ describe("SqliteSearchIndex large match sets", () => {
       const sorted = await index.search(newQuery({ text: "words", sort: SortField.LIKES, limit: 100 }));
       assert.ok(!sorted.hits.some((h) => h.id === last.id));
     });
+  });
+});
+
+describe("SqliteSearchIndex sort walks", () => {
+  // Two hundred documents in one name bucket ("a…"), two of them matching, at its end: a walk of the
+  // bucket in name order gives up (it would read most of the bucket for two matches) and the
+  // two are sorted instead; the other direction finds them first. Both give the exact order.
+  test("a bucket walk that reads too far sorts the matches instead: the same pages", async () => {
+    const index = new SqliteSearchIndex(":memory:", { exactMatches: 1, walkFrom: 0 });
+    try {
+      await index.apply(
+        Array.from({ length: 200 }, (_, i) => ({
+          upsert: newDocument({
+            id: `alpha-org/m-${String(i).padStart(3, "0")}`,
+            kind: DocumentKind.MODEL,
+            version: 1n,
+            downloads: 1000 + i,
+            body: i >= 198 ? "needle hay" : "hay",
+          }),
+        })),
+      );
+      const page = async (direction: SortDirection, offset: number) =>
+        (await index.search(newQuery({ text: "needle", sort: SortField.NAME, direction, limit: 1, offset }))).hits.map(
+          (h) => h.id,
+        );
+      assert.deepEqual(await page(SortDirection.ASC, 0), ["alpha-org/m-198"]);
+      assert.deepEqual(await page(SortDirection.ASC, 1), ["alpha-org/m-199"]);
+      assert.deepEqual(await page(SortDirection.ASC, 2), []);
+      assert.deepEqual(await page(SortDirection.DESC, 0), ["alpha-org/m-199"]);
+      assert.deepEqual(await page(SortDirection.DESC, 1), ["alpha-org/m-198"]);
+      // Most downloaded first: the walk of the downloads index, and its give-up, agree.
+      const top = await index.search(newQuery({ text: "needle", sort: SortField.DOWNLOADS, limit: 5 }));
+      assert.deepEqual(
+        top.hits.map((h) => h.id),
+        ["alpha-org/m-199", "alpha-org/m-198"],
+      );
+      assert.equal(top.total, 2);
+      // "hay" is in every document: the first pages come from a walk over the whole name index.
+      for (const [offset, limit] of [
+        [0, 3],
+        [37, 3],
+        [197, 5],
+      ] as const) {
+        const hay = await index.search(newQuery({ text: "hay", sort: SortField.NAME, limit, offset }));
+        assert.deepEqual(
+          hay.hits.map((h) => h.id),
+          Array.from({ length: 200 }, (_, i) => `alpha-org/m-${String(i).padStart(3, "0")}`).slice(
+            offset,
+            offset + limit,
+          ),
+        );
+        assert.equal(hay.total, 200);
+      }
+    } finally {
+      await index.close();
+    }
+  });
+
+  test("an author filter sorted by name: any value, the same answer as the full-text path", async () => {
+    const authors = ['O"Brien', "100%", "Ärger", "a_b", "ab"];
+    const index = new SqliteSearchIndex(":memory:", { exactMatches: 1 });
+    try {
+      await index.apply(
+        authors.flatMap((author, a) =>
+          Array.from({ length: 6 }, (_, i) => ({
+            upsert: newDocument({
+              id: `${author}/m-${i}`,
+              kind: i % 3 === 0 ? DocumentKind.DATASET : DocumentKind.MODEL,
+              version: 1n,
+              author,
+              pipelineTag: i % 2 === 0 ? "fill-mask" : "",
+              downloads: a * 10 + i,
+            }),
+          })),
+        ),
+      );
+      for (const author of [...authors, 'o"brien', "ÄRGER", "a%", "a_", "%", "' OR 1=1 --", "x".repeat(200)]) {
+        for (const filters of [{ author }, { author, pipelineTag: "FILL-MASK" }]) {
+          for (const kind of [DocumentKind.UNSPECIFIED, DocumentKind.MODEL]) {
+            const expected = authors
+              .filter((a) => a.toLowerCase() === author.toLowerCase())
+              .flatMap((a) => Array.from({ length: 6 }, (_, i) => ({ id: `${a}/m-${i}`, i })))
+              .filter(({ i }) => (!filters.pipelineTag || i % 2 === 0) && (!kind || i % 3 !== 0))
+              .map(({ id }) => id)
+              .sort((x, y) => Buffer.compare(Buffer.from(x.toLowerCase()), Buffer.from(y.toLowerCase())));
+            const found = await index.search(newQuery({ filters, kind, sort: SortField.NAME, limit: 100 }));
+            assert.deepEqual(
+              found.hits.map((h) => h.id),
+              expected,
+              JSON.stringify({ filters, kind }),
+            );
+            assert.equal(found.total, expected.length);
+          }
+        }
+      }
+    } finally {
+      await index.close();
+    }
   });
 });
 

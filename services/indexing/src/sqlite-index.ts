@@ -34,6 +34,17 @@ export const EXACT_MATCHES = 1000;
 export const MAX_RANKED_DF = 10_000;
 /** Ranked without bm25, matches come in tiers of this many, name matches first within each. */
 const NAME_TIER = 100;
+/**
+ * A sort bucket with more matches than this is put in order by walking its range of the sort
+ * index ({@link SqliteSearchIndex.bucketPage}); fewer are sorted (about a microsecond each).
+ */
+const WALK_FROM = 4096;
+/** A walk reads at most this many index entries per match, then gives up (the matches are sorted). */
+const WALK_COST = 1;
+/** A walk over the whole sort index testing each document is taken when it expects this many tests at most. */
+const DENSE_TESTS = 64;
+/** Thrown by the walk's row test to stop a walk that costs more than sorting would. */
+class WalkOverBudget extends Error {}
 /** The last word expands to at most this many vocabulary words; beyond, FTS5's own prefix query runs. */
 const MAX_EXPANSION = 200;
 const TOKENIZE = `tokenize="unicode61 remove_diacritics 2"`;
@@ -178,11 +189,39 @@ interface SortSpec {
   }) => number;
   /** The lowest and highest value among live documents: two queries, so each reads one end of an index. */
   range: [string, string];
+  /**
+   * The least value of a bucket (its values are from there up to the next bucket's least);
+   * undefined past either end, where the range is open.
+   */
+  least: (bucket: number) => number | string | undefined;
+  /** The index of live documents in this field's order, which a walk reads. */
+  index: string;
+  /** Whether the index read in this direction gives ORDER BY's order, ties included (name ties have none). */
+  walks: (descending: boolean) => boolean;
 }
 function nameBucket(nameKey: string): number {
   const c = nameKey.charCodeAt(0);
   return Number.isNaN(c) ? 0 : Math.min(c, 128);
 }
+/** The least count in a bucket ({@link countBucket} is monotonic: a binary search over the integers). */
+function leastCount(bucket: number): number | undefined {
+  if (bucket <= 0 || bucket > countBucket(Number.MAX_SAFE_INTEGER)) return undefined;
+  let lo = 1;
+  let hi = Number.MAX_SAFE_INTEGER;
+  while (lo < hi) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (countBucket(mid) >= bucket) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+/** Names bucket by first character: the character itself, or (128) any non-ASCII one, after ASCII in UTF-8. */
+function leastName(bucket: number): string | undefined {
+  if (bucket <= 0) return "";
+  return bucket <= 128 ? String.fromCharCode(bucket) : undefined;
+}
+/** Counts and times: the indexes run high to low, ties by id ascending, as ORDER BY … DESC, id. */
+const descendingOnly = (descending: boolean) => descending;
 const SORTS: Partial<Record<SortField, SortSpec>> = {
   [SortField.DOWNLOADS]: {
     column: "downloads",
@@ -191,11 +230,17 @@ const SORTS: Partial<Record<SortField, SortSpec>> = {
       "SELECT min(downloads) FROM documents WHERE deleted = 0",
       "SELECT max(downloads) FROM documents WHERE deleted = 0",
     ],
+    least: leastCount,
+    index: "documents_downloads",
+    walks: descendingOnly,
   },
   [SortField.LIKES]: {
     column: "likes",
     bucket: (r) => countBucket(r.likes),
     range: ["SELECT min(likes) FROM documents WHERE deleted = 0", "SELECT max(likes) FROM documents WHERE deleted = 0"],
+    least: leastCount,
+    index: "documents_likes",
+    walks: descendingOnly,
   },
   [SortField.UPDATED]: {
     column: "updated_at",
@@ -204,6 +249,9 @@ const SORTS: Partial<Record<SortField, SortSpec>> = {
       "SELECT min(updated_at) FROM documents WHERE deleted = 0",
       "SELECT max(updated_at) FROM documents WHERE deleted = 0",
     ],
+    least: (b) => b * DAY_MS,
+    index: "documents_updated",
+    walks: descendingOnly,
   },
   [SortField.CREATED]: {
     column: "created_at",
@@ -212,6 +260,9 @@ const SORTS: Partial<Record<SortField, SortSpec>> = {
       "SELECT min(created_at) FROM documents WHERE deleted = 0",
       "SELECT max(created_at) FROM documents WHERE deleted = 0",
     ],
+    least: (b) => b * DAY_MS,
+    index: "documents_created",
+    walks: descendingOnly,
   },
   [SortField.NAME]: {
     column: "name_key",
@@ -220,6 +271,9 @@ const SORTS: Partial<Record<SortField, SortSpec>> = {
       "SELECT min(name_key) FROM documents WHERE deleted = 0",
       "SELECT max(name_key) FROM documents WHERE deleted = 0",
     ],
+    least: leastName,
+    index: "documents_name",
+    walks: () => true,
   },
 };
 /** The spec of a sort field (relevance and unknown fields sort as UPDATED) and the field it resolves to. */
@@ -298,6 +352,14 @@ function toHit(row: Row): IndexHit {
   };
 }
 
+/** What name matching reads of a document ({@link namesMatch}), and its kind. */
+interface NameRow {
+  rowid: number;
+  id: string;
+  title: string;
+  kind: DocumentKind;
+}
+
 /** The stored fields of a document that an update or removal reads. */
 interface CurrentRow {
   rowid: number;
@@ -365,6 +427,8 @@ export class SqliteSearchIndex implements SearchIndex {
 
   /** Match sets up to this size are ranked or sorted whole ({@link EXACT_MATCHES}; tests set less). */
   private readonly exact: number;
+  /** {@link WALK_FROM}; tests set less. */
+  private readonly walkFrom: number;
   /** {@link MAX_RANKED_DF}; tests set less. */
   private readonly maxRankedDf: number;
   /** Counts asked during the current search. */
@@ -379,17 +443,24 @@ export class SqliteSearchIndex implements SearchIndex {
   private includeFiles = false;
   /** Every match of the current search's `match`, in key order, when read beforehand ({@link preload}). */
   private known: { match: string; keys: number[] } | undefined;
+  /** Names (and kinds) of documents the current search has read ({@link preload}). */
+  private readonly knownNames = new Map<number, NameRow>();
   /** Per kind, live documents added minus removed by the current batch. */
   private readonly kindDelta = new Map<number, number>();
+  /** The matches a walk keeps (all, when undefined), and how many more index entries it may read. */
+  private walking: { keep: Set<number> | undefined; budget: number } | undefined;
+  /** Statements of {@link cached}. */
+  private readonly prepared = new Map<string, Database.Statement>();
   /** Whether the current batch wrote text into `batch_text`, or into `batch_gone`. */
   private textWritten = false;
   private textGone = false;
 
   constructor(
     readonly name: string,
-    options: { exactMatches?: number; maxRankedDf?: number } = {},
+    options: { exactMatches?: number; maxRankedDf?: number; walkFrom?: number } = {},
   ) {
     this.exact = Math.max(1, options.exactMatches ?? EXACT_MATCHES);
+    this.walkFrom = Math.max(0, options.walkFrom ?? WALK_FROM);
     this.maxRankedDf = Math.max(1, options.maxRankedDf ?? MAX_RANKED_DF);
     if (name !== ":memory:") mkdirSync(dirname(name), { recursive: true });
     this.db = new Database(name);
@@ -402,6 +473,10 @@ export class SqliteSearchIndex implements SearchIndex {
     const version = this.db.pragma("user_version", { simple: true }) as number;
     this.fresh = version !== SCHEMA_VERSION;
     if (this.fresh) this.createSchema();
+    // Added to layout 7 after its files were written: built here once (seconds for a million).
+    this.db.exec(
+      "CREATE INDEX IF NOT EXISTS documents_author_name ON documents(author COLLATE NOCASE, name_key) WHERE deleted = 0",
+    );
     // Each batch's words pass through scratch FTS5 tables (the same tokenizer) into `terms`:
     // the text of written documents adds to each word's document count, the text they replace
     // or remove takes from it.
@@ -477,10 +552,9 @@ export class SqliteSearchIndex implements SearchIndex {
       rankAll: this.db.prepare(
         `SELECT rowid AS key, ${BM25} AS s FROM documents_fts WHERE documents_fts MATCH ? ORDER BY s, rowid LIMIT ? OFFSET ?`,
       ),
-      rowidsOfKind: this.db
-        .prepare("SELECT rowid FROM documents WHERE rowid IN (SELECT value FROM json_each(?)) AND kind = ?")
-        .pluck(),
-      names: this.db.prepare("SELECT rowid, id, title FROM documents WHERE rowid IN (SELECT value FROM json_each(?))"),
+      names: this.db.prepare(
+        "SELECT rowid, id, title, kind FROM documents WHERE rowid IN (SELECT value FROM json_each(?))",
+      ),
       byRowids: this.db.prepare(
         `SELECT ${hitColumns(false)} FROM documents d WHERE d.rowid IN (SELECT value FROM json_each(?))`,
       ),
@@ -489,6 +563,13 @@ export class SqliteSearchIndex implements SearchIndex {
       ),
     };
     this.nextRowid = (this.statements.maxRowid.get() as { n: number }).n + 1;
+    // The row test of a bucket walk: keeps the walk's matches, and stops a walk over budget.
+    this.db.function("nearhub_walk_keeps", { deterministic: false, directOnly: true }, (rowid: unknown) => {
+      const walking = this.walking;
+      if (!walking) return 0;
+      if (--walking.budget < 0) throw new WalkOverBudget("bucket walk over budget");
+      return walking.keep === undefined || walking.keep.has(Number(rowid)) ? 1 : 0;
+    });
   }
 
   private createSchema(): void {
@@ -535,6 +616,8 @@ export class SqliteSearchIndex implements SearchIndex {
       CREATE INDEX documents_created ON documents(created_at DESC, id) WHERE deleted = 0;
       -- Suggest reads these alone (covering): no table lookups per completion.
       CREATE INDEX documents_name ON documents(name_key, downloads, id, kind, title) WHERE deleted = 0;
+      -- An author's documents by name (authorWalk).
+      CREATE INDEX documents_author_name ON documents(author COLLATE NOCASE, name_key) WHERE deleted = 0;
       CREATE INDEX documents_short ON documents(short_key, downloads, id, kind, title) WHERE deleted = 0;
       -- Every word of the text columns (as FTS5 tokenizes it): the last word of a query
       -- expands to the words it begins, so FTS5 never merges a huge prefix doclist.
@@ -670,6 +753,7 @@ export class SqliteSearchIndex implements SearchIndex {
     this.countLimit = bound + 1;
     this.includeFiles = query.includeFiles;
     this.known = undefined;
+    this.knownNames.clear();
     const { hits, total } = this.pageOf(query);
     return total > bound ? { hits, total: bound, totalIsLowerBound: true } : { hits, total, totalIsLowerBound: false };
   }
@@ -794,9 +878,10 @@ export class SqliteSearchIndex implements SearchIndex {
   private preload(withoutKind: string, match: string, kind: DocumentKind): void {
     const keys = this.statements.matches.all(withoutKind, this.countLimit) as number[];
     if (keys.length >= this.countLimit) return;
-    const ofKind = new Set(
-      this.statements.rowidsOfKind.all(JSON.stringify(keys.map((k) => k % KEY_SHIFT)), kind) as number[],
-    );
+    // Their names are read with their kinds: the tiers of the page look at them next.
+    const rows = this.statements.names.all(JSON.stringify(keys.map((k) => k % KEY_SHIFT))) as NameRow[];
+    for (const r of rows) this.knownNames.set(r.rowid, r);
+    const ofKind = new Set(rows.filter((r) => r.kind === kind).map((r) => r.rowid));
     this.known = { match, keys: keys.filter((k) => ofKind.has(k % KEY_SHIFT)).sort((a, b) => a - b) };
   }
 
@@ -938,10 +1023,10 @@ export class SqliteSearchIndex implements SearchIndex {
    * A page of `match` without bm25: matches are cut in tiers of {@link NAME_TIER} in key order
    * (most downloaded first), and within a tier documents whose id or title holds every word
    * come first; the order is (tier, name match, key), the same on every page, and a page
-   * costs one or two tiers. `named` holds the rowids of the page's name matches; `total`
-   * counts up to {@link countLimit} (`least` of them known beforehand). When the match set
-   * may be `sparse`, its first {@link countLimit} keys are read at once: fewer, and they are the
-   * tiers and the count in one walk.
+   * costs one or two tiers. `named` holds the rowids of name matches among the tiers read
+   * (the page's among them); `total` counts up to {@link countLimit} (`least` of them known
+   * beforehand). When the match set may be `sparse`, its first {@link countLimit} keys are
+   * read at once: fewer, and they are the tiers and the count in one walk.
    */
   private tiered(
     words: string[],
@@ -955,6 +1040,8 @@ export class SqliteSearchIndex implements SearchIndex {
     const all = sparse ? this.matchKeys(match, this.countLimit) : undefined;
     const complete = all !== undefined && all.length < this.countLimit;
     const keys: number[] = [];
+    // Rowids of name matches among the tiers read (the page's are among them).
+    const named = new Set<number>();
     // Set when a tier comes up short: the matches end there, and their number is known.
     let counted = complete ? all.length : undefined;
     for (let t = Math.floor(offset / tier); t <= Math.floor((offset + limit - 1) / tier); t++) {
@@ -963,11 +1050,7 @@ export class SqliteSearchIndex implements SearchIndex {
           ? all.slice(t * tier, (t + 1) * tier)
           : this.matchKeys(match, tier, t * tier);
       if (candidates.length < tier && (candidates.length > 0 || t === 0)) counted ??= t * tier + candidates.length;
-      const named = new Set(
-        this.namesOf(candidates)
-          .filter((r) => namesMatch(words, r))
-          .map((r) => r.rowid),
-      );
+      for (const r of this.namesOf(candidates)) if (namesMatch(words, r)) named.add(r.rowid);
       const ordered = [
         ...candidates.filter((k) => named.has(k % KEY_SHIFT)),
         ...candidates.filter((k) => !named.has(k % KEY_SHIFT)),
@@ -976,8 +1059,6 @@ export class SqliteSearchIndex implements SearchIndex {
       keys.push(...ordered.slice(from, from + limit - keys.length));
       if (candidates.length < tier) break;
     }
-    const named = new Set<number>();
-    for (const r of this.namesOf(keys)) if (namesMatch(words, r)) named.add(r.rowid);
     const total =
       counted !== undefined
         ? Math.min(counted, this.countLimit)
@@ -988,19 +1069,20 @@ export class SqliteSearchIndex implements SearchIndex {
   }
 
   /** Ids and titles of these FTS keys. */
-  private namesOf(keys: number[]): Array<{ rowid: number; id: string; title: string }> {
+  private namesOf(keys: number[]): NameRow[] {
     if (keys.length === 0) return [];
-    return this.statements.names.all(JSON.stringify(keys.map((k) => k % KEY_SHIFT))) as Array<{
-      rowid: number;
-      id: string;
-      title: string;
-    }>;
+    const known = keys.map((k) => this.knownNames.get(k % KEY_SHIFT));
+    if (known.every((r) => r !== undefined)) return known;
+    return this.statements.names.all(JSON.stringify(keys.map((k) => k % KEY_SHIFT))) as NameRow[];
   }
 
   /**
    * Matches in sort order. Up to {@link EXACT_MATCHES} matches are fetched and sorted whole.
-   * Beyond, the sort field's buckets are walked in sort order and FTS5 gives the matches of
-   * each, until the page is held: only those rows are fetched and sorted.
+   * Beyond, when a large share of all documents matches, the sort index is walked from its
+   * start and each document tested ({@link denseWalk}); otherwise the sort field's buckets are
+   * walked in sort order and FTS5 gives the matches of each, until the page is held: buckets
+   * before the page are skipped by their count, and the ones it falls in are put in order
+   * ({@link bucketPage}).
    */
   private sorted(
     match: string,
@@ -1017,6 +1099,10 @@ export class SqliteSearchIndex implements SearchIndex {
     let total = keys.length;
     if (all === undefined || all.length >= this.exact) {
       total = least >= this.countLimit ? this.countLimit : this.countUpTo(match, this.countLimit);
+      const walked =
+        this.denseWalk(match, least, spec, resolved, descending, offset, limit) ??
+        this.authorWalk(query, resolved, descending);
+      if (walked !== undefined) return { hits: this.rowsOf(walked).map(toHit), total };
       keys = [];
       const range = {
         lo: this.db.prepare(spec.range[0]).pluck().get() as number | string,
@@ -1033,11 +1119,23 @@ export class SqliteSearchIndex implements SearchIndex {
       const lo = asKeys(range.lo);
       const hi = asKeys(range.hi);
       const step = descending ? -1 : 1;
-      for (let b = descending ? hi : lo; b >= lo && b <= hi && keys.length < offset + limit; b += step) {
-        keys.push(
-          ...(this.statements.matches.all(`(${match}) AND facets : "${sortToken(resolved, b)}"`, -1) as number[]),
-        );
+      // Buckets partition the order: a bucket wholly before the page is skipped by its count;
+      // only the buckets the page falls in are put in order.
+      const page: number[] = [];
+      let skip = offset;
+      for (let b = descending ? hi : lo; b >= lo && b <= hi && page.length < limit; b += step) {
+        const inBucket = this.statements.matches.all(
+          `(${match}) AND facets : "${sortToken(resolved, b)}"`,
+          -1,
+        ) as number[];
+        if (skip >= inBucket.length) {
+          skip -= inBucket.length;
+          continue;
+        }
+        page.push(...this.bucketPage(spec, resolved, b, descending, inBucket, skip, limit - page.length));
+        skip = 0;
       }
+      return { hits: this.rowsOf(page).map(toHit), total };
     }
     const rows = this.db
       .prepare(
@@ -1046,6 +1144,155 @@ export class SqliteSearchIndex implements SearchIndex {
       )
       .all(JSON.stringify(keys.map((k) => k % KEY_SHIFT)), limit, offset) as Row[];
     return { hits: rows.map(toHit), total };
+  }
+
+  /**
+   * Rowids of one sort bucket's matches (`keys`), `skip` of them skipped and at most `need`,
+   * in sort order. Sorting them reads every match's row, which costs about a microsecond
+   * each: thousands in one bucket (a name sort of a common tag: a first letter holds tens of
+   * thousands of names) cost milliseconds. When the field's index gives the order, the
+   * bucket's range of it is walked instead, keeping its matches, and the walk stops at the
+   * page; it gives up once it has read {@link WALK_COST} index entries per match (matches
+   * sparse in the bucket, or bunched at its far end), and the rows are sorted after all.
+   */
+  private bucketPage(
+    spec: SortSpec,
+    field: SortField,
+    bucket: number,
+    descending: boolean,
+    keys: number[],
+    skip: number,
+    need: number,
+  ): number[] {
+    const rowids = keys.map((k) => k % KEY_SHIFT);
+    if (rowids.length > this.walkFrom && spec.walks(descending)) {
+      const walked = this.walkBucket(spec, field, bucket, descending, rowids, skip, need);
+      if (walked !== undefined) return walked;
+    }
+    return this.cached(
+      `SELECT d.rowid FROM documents d WHERE d.rowid IN (SELECT value FROM json_each(?))
+       ORDER BY ${this.orderBy(field, descending)} LIMIT ? OFFSET ?`,
+    ).all(JSON.stringify(rowids), need, skip) as number[];
+  }
+
+  /**
+   * When at least `least` documents match, a large part of all of them, the page is found by
+   * walking the sort index from its start and testing each document against the match (a
+   * look-up in the full-text index, tens of microseconds for a common word): for the first
+   * pages, a few dozen tests instead of reading a bucket of tens of thousands of matches.
+   * Undefined when the walk does not suit: matches too few (or unknown), a deep page, an
+   * index that does not give this order, or a walk that read past its budget.
+   */
+  private denseWalk(
+    match: string,
+    least: number,
+    spec: SortSpec,
+    field: SortField,
+    descending: boolean,
+    skip: number,
+    need: number,
+  ): number[] | undefined {
+    if (least <= 0 || !spec.walks(descending)) return undefined;
+    const live = (this.statements.kinds.all() as Array<{ n: number }>).reduce((n, r) => n + Math.max(0, r.n), 0);
+    // Rows a walk tests on average: the page's depth over the share of documents matching.
+    const expected = ((skip + need) * live) / least;
+    if (expected > DENSE_TESTS) return undefined;
+    const walk = this.cached(
+      `SELECT d.rowid FROM documents d INDEXED BY ${spec.index} WHERE d.deleted = 0 AND nearhub_walk_keeps(d.rowid)
+         AND EXISTS (SELECT 1 FROM documents_fts f WHERE f.documents_fts MATCH @match AND f.rowid = d.fts_key)
+       ORDER BY ${this.orderBy(field, descending)} LIMIT @need OFFSET @skip`,
+    );
+    // Twice the expected tests: an unlucky stretch of the order still finishes.
+    return this.walkWithin(walk, { match, need, skip }, undefined, 2 * DENSE_TESTS);
+  }
+
+  /**
+   * Filters only, one of them an author, sorted by name: the author's documents in name order
+   * straight from an index of (author, name), the other filters tested on each row. An
+   * author's names all begin with the author, so they fill one name bucket, and the bucket
+   * walk would read every posting of the author's facet, and of the buckets before it.
+   * Column equality folds ASCII case only, so values with anything else, and tag filters
+   * (which are not columns), take the full-text path.
+   */
+  private authorWalk(query: IndexQuery, field: SortField, descending: boolean): number[] | undefined {
+    const f = query.filters;
+    if (field !== SortField.NAME || query.text.trim() || !f.author || f.tags.length > 0) return undefined;
+    const columns: Array<[string, string]> = [
+      ["author", f.author],
+      ["pipeline_tag", f.pipelineTag],
+      ["library_name", f.library],
+      ["license", f.license],
+      ["upstream", f.upstream],
+      ["state", f.state],
+    ].filter((c): c is [string, string] => c[1] !== "");
+    if (!columns.every(([, value]) => /^[\x20-\x7e]*$/.test(value))) return undefined;
+    const kind = query.kind === DocumentKind.UNSPECIFIED ? "" : "AND d.kind = @kind";
+    const walk = this.cached(
+      `SELECT d.rowid FROM documents d INDEXED BY documents_author_name WHERE d.deleted = 0
+         ${columns.map(([column]) => `AND d.${column} = @${column} COLLATE NOCASE`).join(" ")} ${kind}
+       ORDER BY d.name_key ${descending ? "DESC" : "ASC"} LIMIT @limit OFFSET @offset`,
+    );
+    return walk.all({
+      ...Object.fromEntries(columns),
+      ...(kind ? { kind: query.kind } : {}),
+      limit: query.limit,
+      offset: query.offset,
+    }) as number[];
+  }
+
+  /** Runs a walk with its row test set up; undefined when it read past `budget` rows. */
+  private walkWithin(
+    walk: Database.Statement,
+    params: Record<string, unknown>,
+    keep: Set<number> | undefined,
+    budget: number,
+  ): number[] | undefined {
+    this.walking = { keep, budget };
+    try {
+      return walk.all(params) as number[];
+    } catch (error) {
+      if (error instanceof WalkOverBudget) return undefined;
+      throw error;
+    } finally {
+      this.walking = undefined;
+    }
+  }
+
+  /** {@link bucketPage} through the sort index; undefined when the walk gave up. */
+  private walkBucket(
+    spec: SortSpec,
+    field: SortField,
+    bucket: number,
+    descending: boolean,
+    rowids: number[],
+    skip: number,
+    need: number,
+  ): number[] | undefined {
+    const lower = spec.least(bucket);
+    const upper = spec.least(bucket + 1);
+    const walk = this.cached(
+      `SELECT d.rowid FROM documents d INDEXED BY ${spec.index} WHERE d.deleted = 0
+         ${lower === undefined ? "" : `AND d.${spec.column} >= @lower`}
+         ${upper === undefined ? "" : `AND d.${spec.column} < @upper`}
+         AND nearhub_walk_keeps(d.rowid)
+       ORDER BY ${this.orderBy(field, descending)} LIMIT @need OFFSET @skip`,
+    );
+    return this.walkWithin(
+      walk,
+      { ...(lower === undefined ? {} : { lower }), ...(upper === undefined ? {} : { upper }), need, skip },
+      new Set(rowids),
+      WALK_COST * rowids.length + skip + need,
+    );
+  }
+
+  /** A statement prepared once per SQL text (the sort paths build a few variants). */
+  private cached(sql: string): Database.Statement {
+    let statement = this.prepared.get(sql);
+    if (!statement) {
+      statement = this.db.prepare(sql).pluck();
+      this.prepared.set(sql, statement);
+    }
+    return statement;
   }
 
   /** Ids and titles starting with `prefix` (whole id or its last segment), most downloaded first. */
