@@ -5,7 +5,8 @@
  * a response of the same size (the floor gRPC itself sets on this machine). Prints throughput
  * and p50/p99 at concurrency 1, 8, 64 and 256, unary and streaming, with and without dynamic
  * batching; the p99 at 1,000 requests/s offered open-loop; the first-load time; and the
- * ratios against the targets. Load comes from bench/grpc-load.ts in a child process; the gateway
+ * ratios against the targets. Load comes from bench/grpc-load.ts in a child process (the open-loop
+ * rows from h2load when it is on PATH, see bench/h2load.ts); the gateway
  * and the echo run together in another (bench/inference-servers.ts), with the same V8 flags, after
  * an unmeasured warm-up of every path.
  */
@@ -14,13 +15,32 @@ import { fileURLToPath } from "node:url";
 import { mlpModel, seededFloats } from "@nearhub/inference-gateway";
 import * as ort from "onnxruntime-node";
 import type { LoadResult, LoadSpec } from "./grpc-load.js";
-import { SERVER_NODE_FLAGS, benchRequest, type ServersMessage, type ServersRequest } from "./inference-servers.js";
+import { checkUnary, h2loadVersion, runH2load } from "./h2load.js";
+import {
+  SERVER_NODE_FLAGS,
+  SERVER_ONLY_FLAGS,
+  benchRequest,
+  type ServersMessage,
+  type ServersRequest,
+} from "./inference-servers.js";
 
 const DURATION_MS = Number(process.env["BENCH_DURATION_MS"] ?? 1500);
 const WARMUP_MS = 300;
 /** Each path's unmeasured run before the first measured point (JIT warm-up). */
 const WARMUP_RUN_MS = Number(process.env["BENCH_WARMUP_RUN_MS"] ?? 1500);
 const CONCURRENCY = [1, 8, 64, 256];
+/**
+ * The open-loop rows' generator: `h2load`, `node` (bench/grpc-load.ts), `both` (h2load's rows, then
+ * the Node generator's, for comparison), or by default h2load when on PATH.
+ */
+const OPEN_LOOP_GENERATOR = process.env["BENCH_OPEN_LOOP_GENERATOR"] ?? "auto";
+if (!["auto", "h2load", "node", "both"].includes(OPEN_LOOP_GENERATOR)) {
+  throw new Error(`BENCH_OPEN_LOOP_GENERATOR=${OPEN_LOOP_GENERATOR}: use auto, h2load, node or both`);
+}
+/** h2load's connections for the open-loop rows (each sends 1,000 / N requests per second). */
+const H2LOAD_CONNECTIONS = Number(process.env["BENCH_H2LOAD_CONNECTIONS"] ?? 10);
+/** CPUs to pin h2load to (`taskset -c`, e.g. "0"); by default the scheduler places it. */
+const H2LOAD_CPUS = process.env["BENCH_H2LOAD_CPUS"] || undefined;
 
 function fmt(n: number, digits = 0): string {
   return Number.isFinite(n) ? n.toFixed(digits) : "-";
@@ -67,10 +87,14 @@ class LoadGenerator {
   }
 }
 
-function row(label: string, r: LoadResult, unit = "req/s", itemsPerRequest = 1): string {
+/** A load result with the servers' CPU per call (µs) over the same window. */
+type Measured = LoadResult & { serverCpuUs?: number };
+
+function row(label: string, r: Measured, unit = "req/s", itemsPerRequest = 1): string {
   const items = itemsPerRequest > 1 ? `  (${fmt(r.throughput * itemsPerRequest)} inferences/s)` : "";
   const errors = r.errors > 0 ? `  errors ${r.errors}: ${r.firstError ?? ""}` : "";
-  const generator = r.generatorCpuUs === undefined ? "" : `  [generator ${fmt(r.generatorCpuUs)} µs/call]`;
+  const server = r.serverCpuUs === undefined ? "" : ` [server ${fmt(r.serverCpuUs)} µs/call]`;
+  const generator = r.generatorCpuUs === undefined ? server : `  [generator ${fmt(r.generatorCpuUs)} µs/call]${server}`;
   return `  ${label.padEnd(34)} ${fmt(r.throughput).padStart(7)} ${unit}  p50 ${fmt(r.p50, 2).padStart(6)} ms  p99 ${fmt(r.p99, 2).padStart(7)} ms${items}${generator}${errors}`;
 }
 
@@ -113,7 +137,7 @@ class Servers {
 
   static async start(): Promise<Servers | string> {
     const child = fork(fileURLToPath(new URL("./inference-servers.ts", import.meta.url)), [], {
-      execArgv: [...SERVER_NODE_FLAGS, "--conditions=development", "--import", "tsx"],
+      execArgv: [...SERVER_NODE_FLAGS, ...SERVER_ONLY_FLAGS, "--conditions=development", "--import", "tsx"],
       env: { ...process.env, NEARHUB_BENCH_SERVERS: "1" },
       stdio: ["ignore", "inherit", "inherit", "ipc"],
     });
@@ -145,10 +169,27 @@ class Servers {
     await this.request({ type: "loop-start" });
   }
 
-  /** The servers' event-loop delay p99 (ms) since {@link loopStart}. */
-  async loopStop(): Promise<number> {
+  /** The servers' event-loop delay p99 (ms) and CPU time (µs) since {@link loopStart}. */
+  async loopStop(): Promise<{ p99: number; cpuUs: number }> {
     const m = await this.request({ type: "loop-stop" }, "loop");
-    return m?.type === "loop" ? m.p99 : NaN;
+    return m?.type === "loop" ? m : { p99: NaN, cpuUs: NaN };
+  }
+
+  /**
+   * A closed-loop run with the servers' CPU per completed call over its measured window (all
+   * threads of their process): unlike throughput, it hardly moves when other work shares the cores.
+   */
+  async measure(load: LoadGenerator, spec: Parameters<LoadGenerator["run"]>[0]): Promise<Measured> {
+    const enable = setTimeout(() => void this.loopStart(), spec.warmupMs ?? WARMUP_MS);
+    const r = await load.run(spec);
+    clearTimeout(enable);
+    const { cpuUs } = await this.loopStop();
+    return { ...r, serverCpuUs: cpuUs / Math.max(1, r.completed) };
+  }
+
+  /** A full garbage collection in the servers' process, before a latency point. */
+  async collect(): Promise<void> {
+    await this.request({ type: "gc" }, "collected");
   }
 
   async stop(): Promise<void> {
@@ -210,8 +251,8 @@ export async function main(): Promise<void> {
     }
     // Unary points are measured interleaved (echo, then the gateway, per concurrency), so a
     // change in the machine's load hits the floor and the gateway alike; printed by section.
-    const echoUnary = new Map<number, LoadResult>();
-    const results: Record<string, Map<number, LoadResult>> = {};
+    const echoUnary = new Map<number, Measured>();
+    const results: Record<string, Map<number, Measured>> = {};
     const sections = [
       ["gateway unary, no batching", "mlp", "unary"],
       ["gateway unary, dynamic batching", "mlp_batched", "unary"],
@@ -222,17 +263,23 @@ export async function main(): Promise<void> {
     for (const c of CONCURRENCY) {
       echoUnary.set(
         c,
-        await load.run({ target: echoTarget, path: unaryPath, kind: "unary", request: request("mlp"), concurrency: c }),
+        await servers.measure(load, {
+          target: echoTarget,
+          path: unaryPath,
+          kind: "unary",
+          request: request("mlp"),
+          concurrency: c,
+        }),
       );
       for (const [label, name, kind] of sections) {
         if (kind !== "unary") continue;
         results[label]?.set(
           c,
-          await load.run({ target, path: unaryPath, kind, request: request(name), concurrency: c }),
+          await servers.measure(load, { target, path: unaryPath, kind, request: request(name), concurrency: c }),
         );
       }
     }
-    const echoStream = await load.run({
+    const echoStream = await servers.measure(load, {
       target: echoTarget,
       path: streamPath,
       kind: "stream",
@@ -244,7 +291,7 @@ export async function main(): Promise<void> {
       for (const c of CONCURRENCY) {
         results[label]?.set(
           c,
-          await load.run({ target, path: streamPath, kind, request: request(name), concurrency: c }),
+          await servers.measure(load, { target, path: streamPath, kind, request: request(name), concurrency: c }),
         );
       }
     }
@@ -260,33 +307,72 @@ export async function main(): Promise<void> {
       }
     }
 
-    console.log(
-      "open loop, 1,000 requests/s offered (latency from the scheduled send time; event-loop delay p99 of the generator and of the server's process):",
-    );
-    const open: Record<string, LoadResult> = {};
-    for (const [label, name, to] of [
-      ["bare grpc-js echo", "mlp", echoTarget],
-      ["mlp (no batching)", "mlp", target],
-      ["mlp_batched", "mlp_batched", target],
-    ] as const) {
-      const enable = setTimeout(() => void servers.loopStart(), 1000);
-      const r = await load.run({
-        target: to,
-        path: unaryPath,
-        kind: "unary",
-        request: request(name),
-        concurrency: 0,
-        rate: 1000,
-        // A longer warm-up at the offered rate lets the previous point's backlog and garbage go.
-        warmupMs: 1000,
-        durationMs: 3000,
-      });
-      clearTimeout(enable);
-      const serverLoopP99 = await servers.loopStop();
-      open[label] = r;
-      console.log(
-        `${row(label, r)}  send lag p99 ${fmt(r.sendLagP99 ?? NaN, 2)} ms, p99 from the actual send ${fmt(r.p99FromSend ?? NaN, 2)} ms,  loop delay p99 generator ${fmt(r.generatorLoopDelayP99 ?? NaN, 1)} ms, server ${fmt(serverLoopP99, 1)} ms`,
+    // The open-loop rows come from h2load when it is on PATH (a C generator: its own send lag and
+    // garbage do not land in the tail it measures), else from the Node generator; the echo and
+    // the gateway always get the same one, so their p99s compare. `both` runs the two in turn.
+    const h2load = OPEN_LOOP_GENERATOR === "node" ? undefined : h2loadVersion();
+    if ((OPEN_LOOP_GENERATOR === "h2load" || OPEN_LOOP_GENERATOR === "both") && !h2load) {
+      throw new Error(
+        `BENCH_OPEN_LOOP_GENERATOR=${OPEN_LOOP_GENERATOR}, but h2load is not on PATH: apt-get install nghttp2-client`,
       );
+    }
+    const generators: Array<"h2load" | "node"> =
+      OPEN_LOOP_GENERATOR === "both" ? ["h2load", "node"] : h2load ? ["h2load"] : ["node"];
+    /** The first generator's rows, which the targets quote. */
+    const open: Record<string, LoadResult> = {};
+    for (const generator of generators) {
+      console.log(
+        generator === "h2load"
+          ? `open loop, 1,000 requests/s offered by ${h2load ?? "h2load"} (${H2LOAD_CONNECTIONS} connections × ${fmt(1000 / H2LOAD_CONNECTIONS)} req/s, sent in 10 ms ticks${H2LOAD_CPUS ? `, pinned to CPU ${H2LOAD_CPUS}` : ""}; latency from the send; a full GC in the servers' process before each point; event-loop delay p99 of the server's process):`
+          : "open loop, 1,000 requests/s offered by the Node generator, bench/grpc-load.ts (latency from the scheduled send time; a full GC in the servers' process before each point; event-loop delay p99 of the generator and of the server's process):",
+      );
+      for (const [label, name, to] of [
+        ["bare grpc-js echo", "mlp", echoTarget],
+        ["mlp (no batching)", "mlp", target],
+        ["mlp_batched", "mlp_batched", target],
+      ] as const) {
+        // The closed-loop points before left garbage behind; it is collected now, not mid-window.
+        await servers.collect();
+        const enable = setTimeout(() => void servers.loopStart(), 1000);
+        let r: LoadResult;
+        if (generator === "h2load") {
+          // h2load sees HTTP statuses only: the same bytes go through a real gRPC client first
+          // (status OK, and the response size the run then checks every response against).
+          const responseBytes = await checkUnary(to, unaryPath, request(name), metadata);
+          r = await runH2load({
+            target: to,
+            path: unaryPath,
+            request: request(name),
+            metadata,
+            rate: 1000,
+            connections: H2LOAD_CONNECTIONS,
+            warmupMs: 1000,
+            durationMs: 3000,
+            responseBytes,
+            cpus: H2LOAD_CPUS,
+          });
+        } else {
+          r = await load.run({
+            target: to,
+            path: unaryPath,
+            kind: "unary",
+            request: request(name),
+            concurrency: 0,
+            rate: 1000,
+            // A longer warm-up at the offered rate lets the previous point's backlog go.
+            warmupMs: 1000,
+            durationMs: 3000,
+          });
+        }
+        clearTimeout(enable);
+        const serverLoopP99 = (await servers.loopStop()).p99;
+        if (generator === generators[0]) open[label] = r;
+        console.log(
+          generator === "h2load"
+            ? `${row(label, r)}  loop delay p99 server ${fmt(serverLoopP99, 1)} ms`
+            : `${row(label, r)}  send lag p99 ${fmt(r.sendLagP99 ?? NaN, 2)} ms, p99 from the actual send ${fmt(r.p99FromSend ?? NaN, 2)} ms,  loop delay p99 generator ${fmt(r.generatorLoopDelayP99 ?? NaN, 1)} ms, server ${fmt(serverLoopP99, 1)} ms`,
+        );
+      }
     }
 
     const bestUnary = Math.max(
@@ -303,8 +389,19 @@ export async function main(): Promise<void> {
     console.log(
       `  unary throughput vs echo floor: ${fmt(bestUnary)} / ${fmt(bestEcho)} = ${fmt(bestUnary / bestEcho, 2)} (target ≥ 0.80)`,
     );
+    // The throughput ratio moves with whatever else runs on the two cores; the CPU each call
+    // costs the servers' process hardly does, so it is printed beside it.
+    const cpuAt64 = (r: Measured | undefined) => r?.serverCpuUs ?? NaN;
+    const echoCpu = cpuAt64(echoUnary.get(64));
+    const gatewayCpu = Math.min(
+      cpuAt64(results["gateway unary, no batching"]?.get(64)),
+      cpuAt64(results["gateway unary, dynamic batching"]?.get(64)),
+    );
     console.log(
-      `  p99 at 1,000 req/s open loop: ${fmt(open["mlp (no batching)"]?.p99 ?? NaN, 2)} ms unbatched, ${fmt(open["mlp_batched"]?.p99 ?? NaN, 2)} ms batched, ${fmt(open["bare grpc-js echo"]?.p99 ?? NaN, 2)} ms echo (target ≤ 10 ms)`,
+      `  server CPU per unary call at c=64: echo ${fmt(echoCpu)} µs, gateway ${fmt(gatewayCpu)} µs (the better model), echo ÷ gateway = ${fmt(echoCpu / gatewayCpu, 2)}`,
+    );
+    console.log(
+      `  p99 at 1,000 req/s open loop (${generators[0] === "h2load" ? "h2load" : "Node generator"}): ${fmt(open["mlp (no batching)"]?.p99 ?? NaN, 2)} ms unbatched, ${fmt(open["mlp_batched"]?.p99 ?? NaN, 2)} ms batched, ${fmt(open["bare grpc-js echo"]?.p99 ?? NaN, 2)} ms echo (target ≤ 10 ms)`,
     );
     console.log(`  streaming with batching: ${fmt(bestStream)} inferences/s (target ≥ 8,000)`);
     console.log(`  gateway vs in-process compute floor (batch 1): ${fmt(bestUnary / floor.single.throughput, 2)}×`);

@@ -5,8 +5,8 @@ import { readdirSync } from "node:fs";
 import { join } from "node:path";
 
 const suites = {
-  unit: { roots: ["packages", "services"], under: "src", concurrency: 2 },
-  integration: { roots: ["tests"], under: "", concurrency: 1 },
+  unit: { roots: ["packages", "services"], under: "src", also: ["bench"], concurrency: 2 },
+  integration: { roots: ["tests"], under: "", also: [], concurrency: 1 },
 };
 const suite = suites[process.argv[2] ?? ""];
 if (!suite) {
@@ -40,6 +40,8 @@ for (const root of suite.roots) {
     }
   }
 }
+// Folders whose every test file belongs to the suite (the benchmarks' own helpers).
+for (const dir of suite.also) walk(dir, files);
 files.sort();
 const child = spawn(
   process.execPath,

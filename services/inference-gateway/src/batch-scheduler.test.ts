@@ -69,7 +69,14 @@ function request(rows: number, start: number, width = 2) {
   return { tensors: [{ name: "x", type: "float32", dims: [rows, width], data }], batch: rows, shapeKey: `${width}` };
 }
 
+/** Settles what is pending now: promise callbacks, then the end of the event-loop turn (hand-offs). */
 async function flush(): Promise<void> {
+  await microtasks();
+  await new Promise<void>((resolve) => setImmediate(resolve));
+  await microtasks();
+}
+
+async function microtasks(): Promise<void> {
   for (let i = 0; i < 5; i++) await Promise.resolve();
 }
 
@@ -78,6 +85,7 @@ describe("BatchScheduler", () => {
     const backend = new GatedBackend();
     const scheduler = new BatchScheduler(backend, options());
     const first = scheduler.submit(request(1, 0));
+    await flush();
     const rest = [
       scheduler.submit(request(2, 100)),
       scheduler.submit(request(1, 200)),
@@ -104,6 +112,7 @@ describe("BatchScheduler", () => {
     const backend = new GatedBackend();
     const scheduler = new BatchScheduler(backend, options({ maxBatchSize: 4 }));
     const first = scheduler.submit(request(1, 0));
+    await flush();
     const a = scheduler.submit(request(3, 10));
     const b = scheduler.submit(request(2, 20, 3)); // other width: not compatible with a
     const c = scheduler.submit(request(2, 30)); // 3 + 2 > 4
@@ -252,6 +261,7 @@ describe("BatchScheduler", () => {
     const backend = new GroupingBackend();
     const scheduler = new BatchScheduler(backend, options({ dynamicBatching: false }));
     const first = scheduler.submit(request(1, 0));
+    await flush();
     const queued = [
       scheduler.submit(request(1, 10)),
       scheduler.submit(request(1, -1)),
@@ -296,7 +306,8 @@ describe("BatchScheduler", () => {
       const backend = new GatedBackend();
       const scheduler = new BatchScheduler(backend, options({ maxQueueDelayMicros }));
       const lone = scheduler.submit(request(1, 5));
-      await flush();
+      // Not flush(): a loaded machine can spend the 200 µs before the end of the turn.
+      await microtasks();
       assert.equal(backend.runs.length, 0, "the request waits for company first");
       while (backend.runs.length === 0) await sleep(1);
       backend.open();
@@ -305,5 +316,48 @@ describe("BatchScheduler", () => {
       assert.equal(result.timing.batchSize, 1);
       assert.equal(scheduler.executions, 1);
     }
+  });
+  test("requests submitted in one turn while an instance is free reach it in one execution", async () => {
+    const backend = new GatedBackend();
+    const scheduler = new BatchScheduler(backend, options());
+    const all = [scheduler.submit(request(1, 0)), scheduler.submit(request(2, 10)), scheduler.submit(request(1, 20))];
+    await microtasks();
+    assert.equal(backend.runs.length, 0, "the hand-off waits for the end of the turn");
+    await flush();
+    assert.equal(backend.runs.length, 1);
+    assert.deepEqual(backend.runs[0]?.[0]?.dims, [4, 2]);
+    backend.open();
+    const results = await Promise.all(all);
+    assert.deepEqual(Array.from(results[1]?.outputs[0]?.data as Float32Array), [10, 11, 12, 13]);
+    assert.equal(scheduler.executions, 1);
+  });
+
+  test("without batching, one turn's requests reach a free instance in one hand-off", async () => {
+    const backend = new GroupingBackend();
+    const scheduler = new BatchScheduler(backend, options({ dynamicBatching: false }));
+    const all = [scheduler.submit(request(1, 0)), scheduler.submit(request(1, 10))];
+    await flush();
+    assert.deepEqual(backend.groups, [2]);
+    backend.open();
+    await Promise.all(all);
+    assert.equal(scheduler.executions, 2);
+  });
+
+  test("the queue bound counts requests waiting for an instance, not those the turn's hand-off takes", async () => {
+    const backend = new GatedBackend();
+    const scheduler = new BatchScheduler(backend, options({ maxQueueSize: 1, dynamicBatching: false }));
+    // The instance is free: the first request is the hand-off's, the second waits, the third is refused.
+    const first = scheduler.submit(request(1, 0));
+    const second = scheduler.submit(request(1, 1));
+    await assert.rejects(scheduler.submit(request(1, 2)), (e: NearhubError) => e.code === Code.ResourceExhausted);
+    await flush();
+    assert.equal(backend.runs.length, 1);
+    assert.equal(scheduler.queued, 1);
+    backend.open();
+    await first;
+    await flush();
+    backend.open();
+    await second;
+    assert.equal(backend.runs.length, 2);
   });
 });

@@ -78,7 +78,8 @@ export interface SubmitRequest {
  * along the batch dimension up to max_batch_size, run once, and split back. A batch leaves at
  * once when it reaches the largest preferred size (or max_batch_size), otherwise when its
  * oldest request has waited max_queue_delay. Requests whose deadline passed are dropped before
- * compute.
+ * compute. A request that finds an instance free goes at the end of the event-loop turn, with
+ * the requests that arrived in the same turn.
  */
 export class BatchScheduler {
   private readonly queue: Item[] = [];
@@ -108,13 +109,16 @@ export class BatchScheduler {
   }
 
   private runningRequests = 0;
+  /** The hand-off waiting for the end of the current event-loop turn (see {@link pumpAtTurnEnd}). */
+  private turnEnd: NodeJS.Immediate | undefined;
 
   /** Queues a request; resolves with its rows of every output. */
   submit(request: SubmitRequest): Promise<{ outputs: WorkerTensor[]; timing: RequestTiming }> {
     if (this.closed) {
       return Promise.reject(new NearhubError(Code.Unavailable, `${this.options.label} is unloading; retry`));
     }
-    if (this.queue.length >= this.options.maxQueueSize) {
+    // Requests the turn's hand-off will take to a free instance are not waiting for one.
+    if (this.queue.length - this.handoffCapacity() >= this.options.maxQueueSize) {
       this.onDropped("queue_full");
       return Promise.reject(
         new NearhubError(
@@ -150,8 +154,31 @@ export class BatchScheduler {
         request.signal.addEventListener("abort", item.onAbort, { once: true });
       }
       this.queue.push(item);
+      this.pumpAtTurnEnd();
+    });
+  }
+
+  /**
+   * Hands the queue to a free instance once the current turn of the event loop is over rather
+   * than at once, so the requests read together (one socket read holds many calls) reach the
+   * instance in one message (with dynamic batching, in one execution): a thread hand-off costs
+   * a wake-up each way, more CPU than the run of a small model. The wait is the rest of the turn,
+   * not a timer. With every instance busy there is nothing to do: a finishing execution pumps.
+   */
+  private pumpAtTurnEnd(): void {
+    if (this.turnEnd || this.running >= this.backend.instances) return;
+    this.turnEnd = setImmediate(() => {
+      this.turnEnd = undefined;
       this.pump();
     });
+  }
+
+  /** How many queued requests the pending hand-off takes to the free instances (0 when none is pending). */
+  private handoffCapacity(): number {
+    if (!this.turnEnd) return 0;
+    const { maxBatchSize, dynamicBatching } = this.options;
+    const perInstance = dynamicBatching && maxBatchSize > 0 ? maxBatchSize : this.backend.runMany ? MAX_GROUP : 1;
+    return Math.max(0, this.backend.instances - this.running) * perInstance;
   }
 
   /** Resolves when nothing is queued or executing. */
