@@ -20,7 +20,7 @@ import { fileURLToPath } from "node:url";
 import { pipeline } from "node:stream/promises";
 import { createClient } from "@nearhub/platform";
 import { StorageService } from "@nearhub/proto/storage";
-import { downloadBlob, uploadFile } from "@nearhub/storage";
+import { downloadBlob, tuneHeapForStreaming, uploadFile } from "@nearhub/storage";
 import {
   adminAuth,
   deleteNamespace,
@@ -169,6 +169,8 @@ function row(label: string, value: string, baseline: string, ratio: number): voi
 }
 
 export async function main(): Promise<void> {
+  // This process is the client, tuned as `nearhub upload` and `download` are.
+  tuneHeapForStreaming();
   const natsUrl = (await nats()).url;
   const dir = await tempDir("nearhub-bench-storage-");
   const size = SIZE_MIB * MiB;

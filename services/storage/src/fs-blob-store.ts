@@ -1,12 +1,48 @@
 import { createHash, randomUUID } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { access, constants, link, mkdir, open, opendir, rename, rm, stat, unlink } from "node:fs/promises";
+import {
+  access,
+  constants,
+  link,
+  mkdir,
+  open,
+  opendir,
+  rename,
+  rm,
+  stat,
+  unlink,
+  type FileHandle,
+} from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { Code, NearhubError } from "@nearhub/platform";
+import { alignedBuffer } from "./aligned-memory.js";
 import { SHA256, type BlobStat, type BlobStore, type ChunkPart, type ChunkedHandle } from "./blob-store.js";
 
 /** Blobs up to this size are taken whole in memory by {@link FsBlobStore.put}. */
 const SMALL_BLOB = 1024 * 1024;
+
+/**
+ * O_DIRECT's unit: offsets, lengths and memory addresses of direct writes are multiples of it
+ * (4096 covers every logical block size in use).
+ */
+const DIRECT_BLOCK = 4096;
+/** Bytes per direct read of GetBlob: whole blocks, and one gRPC message each (under 4 MiB). */
+const DIRECT_READ = 4 * 1024 * 1024 - DIRECT_BLOCK;
+
+/** Writes all of `bytes` from `from` on at file position `position` + `from`. */
+async function writeAll(file: FileHandle, bytes: Uint8Array, from: number, position: number): Promise<void> {
+  for (let at = from; at < bytes.byteLength;) {
+    at += (await file.write(bytes, at, bytes.byteLength - at, position + at)).bytesWritten;
+  }
+}
+
+function uploadGone(cause: unknown): NearhubError {
+  return new NearhubError(
+    Code.NotFound,
+    "the upload's file is gone (the session was aborted or expired); start a new upload",
+    { cause },
+  );
+}
 
 /** Removes a file if it is there: one unlink (rm's checks cost more on the small-blob path). */
 async function removeFile(path: string): Promise<void> {
@@ -60,8 +96,19 @@ export class GroupSync {
 export class FsBlobStore implements BlobStore {
   /** Fan-out folders known to exist (each mkdir is a thread-pool round trip). */
   private readonly dirs = new Set<string>();
+  /** False once the filesystem refused O_DIRECT, or where the platform has none. */
+  private direct: boolean;
 
-  constructor(private readonly root: string) {}
+  /**
+   * `directIo` (default true) lets large chunk writes and reads bypass the page cache with
+   * O_DIRECT where the platform and filesystem allow it; false always uses the page cache.
+   */
+  constructor(
+    private readonly root: string,
+    options: { directIo?: boolean } = {},
+  ) {
+    this.direct = (options.directIo ?? true) && constants.O_DIRECT !== undefined;
+  }
 
   /** Folder fsyncs, shared by the puts that wait on the same folder at the same time. */
   private readonly dirSyncs = new GroupSync(async (dir) => {
@@ -166,28 +213,56 @@ export class FsBlobStore implements BlobStore {
     offset: number,
     bytes: Uint8Array,
   ): Promise<{ etag: string }> {
+    const path = this.uploadPath(handle);
+    // The block-aligned body goes straight to disk when it can (see writeDirect); the rest, or
+    // all of it where O_DIRECT is refused, through the page cache. One fdatasync covers both.
+    const head = offset % DIRECT_BLOCK === 0 ? await this.writeDirect(path, offset, bytes) : 0;
     let file;
     try {
-      file = await open(this.uploadPath(handle), "r+");
+      file = await open(path, "r+");
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ENOENT")
-        throw new NearhubError(
-          Code.NotFound,
-          "the upload's file is gone (the session was aborted or expired); start a new upload",
-        );
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") throw uploadGone(error);
       throw error;
     }
     try {
-      let written = 0;
-      while (written < bytes.byteLength) {
-        const { bytesWritten } = await file.write(bytes, written, bytes.byteLength - written, offset + written);
-        written += bytesWritten;
-      }
+      await writeAll(file, bytes, head, offset);
       await file.datasync();
     } finally {
       await file.close();
     }
     return { etag: "" };
+  }
+
+  /**
+   * Writes the longest whole-block prefix of `bytes` at `offset` (block-aligned) with O_DIRECT:
+   * from the caller's memory to the disk, without a copy into the page cache (on a large upload
+   * that copy, into pages the kernel must first find and clear, costs more CPU than everything
+   * else the service does with the bytes). Returns how many bytes it wrote: 0 when the prefix is
+   * empty, the memory is not aligned (EINVAL; nothing is written), or the filesystem has no
+   * O_DIRECT (then it is not tried again).
+   */
+  private async writeDirect(path: string, offset: number, bytes: Uint8Array): Promise<number> {
+    const length = bytes.byteLength - (bytes.byteLength % DIRECT_BLOCK);
+    if (!this.direct || length === 0 || bytes.byteOffset % DIRECT_BLOCK !== 0) return 0;
+    let file;
+    try {
+      file = await open(path, constants.O_RDWR | constants.O_DIRECT);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === "ENOENT") throw uploadGone(error);
+      if (code !== "EINVAL") throw error;
+      this.direct = false;
+      return 0;
+    }
+    try {
+      await writeAll(file, bytes.subarray(0, length), 0, offset);
+      return length;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "EINVAL") return 0;
+      throw error;
+    } finally {
+      await file.close();
+    }
   }
 
   async completeChunked(
@@ -234,6 +309,56 @@ export class FsBlobStore implements BlobStore {
 
   async abortChunked(handle: ChunkedHandle): Promise<void> {
     await rm(this.uploadPath(handle), { force: true });
+  }
+
+  /**
+   * A large range read with O_DIRECT, by whole blocks into one page-aligned buffer, as a fresh
+   * copy of each piece (the receiver may hold one while the next is read). The disk fills the
+   * buffer itself: no page-cache pages are found, cleared and copied from, which for a blob
+   * written with O_DIRECT (so not in the cache) is most of the CPU a read costs. Undefined when
+   * the file or the memory refuses O_DIRECT (nothing was read; the caller streams the file).
+   */
+  private async readDirect(
+    path: string,
+    offset: number,
+    length: number | undefined,
+  ): Promise<AsyncIterable<Uint8Array> | undefined> {
+    let file;
+    try {
+      file = await open(path, constants.O_RDONLY | constants.O_DIRECT);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EINVAL") throw error;
+      this.direct = false;
+      return undefined;
+    }
+    const buffer = alignedBuffer(DIRECT_READ, false);
+    const start = offset - (offset % DIRECT_BLOCK);
+    let n;
+    try {
+      n = (await file.read(buffer, 0, DIRECT_READ, start)).bytesRead;
+    } catch (error) {
+      await file.close();
+      if ((error as NodeJS.ErrnoException).code === "EINVAL") return undefined;
+      throw error;
+    }
+    const end = length === undefined ? Infinity : offset + length;
+    return (async function* () {
+      try {
+        for (let block = start; ; block += DIRECT_READ) {
+          if (block > start) n = (await file.read(buffer, 0, DIRECT_READ, block)).bytesRead;
+          const from = Math.max(offset, block) - block;
+          const to = Math.min(n, end - block);
+          if (to > from) {
+            const piece = Buffer.allocUnsafeSlow(to - from);
+            buffer.copy(piece, 0, from, to);
+            yield piece;
+          }
+          if (n < DIRECT_READ || block + DIRECT_READ >= end) return;
+        }
+      } finally {
+        await file.close();
+      }
+    })();
   }
 
   async *list(): AsyncIterable<BlobStat & { modifiedAt: number }> {
@@ -409,6 +534,11 @@ export class FsBlobStore implements BlobStore {
         await file.close();
       }
       if (read > 0) yield buffer.subarray(0, read);
+      return;
+    }
+    const direct = this.direct ? await this.readDirect(this.pathOf(sha256), offset, length) : undefined;
+    if (direct) {
+      yield* direct;
       return;
     }
     const end = length === undefined ? undefined : offset + length - 1;

@@ -1,4 +1,5 @@
 import { Worker } from "node:worker_threads";
+import { alignedBuffer } from "./aligned-memory.js";
 
 // CommonJS, evaluated in the worker: keyed sha256 states fed from regions of shared buffers.
 // Messages are handled in order, so an answer to one covers every update posted before it.
@@ -121,7 +122,7 @@ export class HashWorker {
   }
 }
 
-/** A buffer in shared memory, which {@link HashWorker} reads in place. */
+/** A buffer in shared memory, which {@link HashWorker} reads in place (page-aligned, see alignedBuffer). */
 export function sharedBuffer(size: number): Buffer {
-  return Buffer.from(new SharedArrayBuffer(size));
+  return alignedBuffer(size, true);
 }

@@ -167,6 +167,59 @@ for (const backend of backends) {
       assert.ok((await readFile(dest)).equals(bytes));
     });
 
+    test("downloadBlob writes whole-block ranges with O_DIRECT or through the cache, the same bytes, and resumes", async () => {
+      const bytes = randomBytes(9 * MiB + 4096 + 5);
+      const source = join(dir.path, `source-${randomUUID()}`);
+      await writeFile(source, bytes);
+      const up = await uploadFile(client, source, { chunkSize: 5 * MiB, parallel: 2 });
+      // Ranges of whole blocks (the direct path) and a last range that ends mid-block.
+      for (const directIo of [true, false]) {
+        const dest = join(dir.path, `dest-${randomUUID()}`);
+        const down = await downloadBlob(client, up.sha256, bytes.length, dest, {
+          rangeSize: 2 * MiB,
+          parallel: 3,
+          directIo,
+        });
+        assert.equal(down.rangesFetched, 5);
+        assert.ok((await readFile(dest)).equals(bytes), `directIo ${directIo}`);
+      }
+      // Interrupted after some ranges: the rerun fetches only the rest, verified from the disk.
+      const dest = join(dir.path, `dest-${randomUUID()}`);
+      const stop = new AbortController();
+      let seen = 0;
+      await assert.rejects(
+        downloadBlob(client, up.sha256, bytes.length, dest, {
+          rangeSize: 2 * MiB,
+          parallel: 1,
+          signal: stop.signal,
+          onProgress: (n) => {
+            seen += n;
+            if (seen >= 4 * MiB) stop.abort(new Error("interrupted"));
+          },
+        }),
+      );
+      const rerun = await downloadBlob(client, up.sha256, bytes.length, dest, { rangeSize: 2 * MiB, parallel: 2 });
+      assert.ok(rerun.rangesSkipped >= 2, `skipped ${rerun.rangesSkipped}`);
+      assert.equal(rerun.rangesSkipped + rerun.rangesFetched, 5);
+      assert.ok((await readFile(dest)).equals(bytes));
+    });
+
+    test("downloadBlob of a wrong size fails with DATA_LOSS and leaves no file", async () => {
+      const bytes = randomBytes(3 * MiB);
+      const source = join(dir.path, `source-${randomUUID()}`);
+      await writeFile(source, bytes);
+      const up = await uploadFile(client, source);
+      const dest = join(dir.path, `dest-${randomUUID()}`);
+      // One block short: whole-block ranges, written directly, whose digest cannot match.
+      await rejectsWith(
+        downloadBlob(client, up.sha256, bytes.length - 4096, dest, { rangeSize: MiB, attempts: 1 }),
+        Code.DataLoss,
+        /hashes to/,
+      );
+      await assert.rejects(readFile(dest), /ENOENT/);
+      await assert.rejects(readFile(`${dest}.nearhub-part`), /ENOENT/);
+    });
+
     test("a resumable upload takes chunks in any order and in parallel, and commits once", async () => {
       const bytes = randomBytes(3 * 5 * MiB + 77);
       const sha = sha256(bytes);

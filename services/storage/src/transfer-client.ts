@@ -1,9 +1,10 @@
 import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
+import { constants, createReadStream } from "node:fs";
 import { open, readFile, rename, rm, stat, writeFile, type FileHandle } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code, NearhubError, type Client } from "@nearhub/platform";
 import type { StorageService } from "@nearhub/proto/storage";
+import { alignedBuffer } from "./aligned-memory.js";
 import { MIN_CHUNK } from "./upload-sessions.js";
 
 /** The storage gRPC client. */
@@ -195,10 +196,16 @@ class TrailingHash {
   private running: Promise<void> = Promise.resolve();
   private buffer: Buffer | undefined;
 
+  /**
+   * `direct`, when given, is the file opened with O_DIRECT: the bytes are read back from the
+   * disk into an aligned buffer rather than through the page cache (which, for ranges written
+   * with O_DIRECT, would be filled only to be read once).
+   */
   constructor(
     private readonly file: FileHandle,
     private readonly size: number,
     private readonly rangeSize: number,
+    private direct?: FileHandle,
   ) {}
 
   /** Range `index` is on disk. */
@@ -210,16 +217,33 @@ class TrailingHash {
   private async advance(): Promise<void> {
     while (this.finished.has(this.next)) {
       const end = Math.min(this.size, (this.next + 1) * this.rangeSize);
-      this.buffer ??= Buffer.allocUnsafe(4 * 1024 * 1024);
+      this.buffer ??= alignedBuffer(4 * 1024 * 1024, false);
       while (this.hashed < end) {
         const want = Math.min(this.buffer.byteLength, end - this.hashed);
-        const { bytesRead } = await this.file.read(this.buffer, 0, want, this.hashed);
+        const bytesRead = await this.read(want);
         if (bytesRead === 0) throw new NearhubError(Code.DataLoss, "the download's file is shorter than written");
         this.hash.update(this.buffer.subarray(0, bytesRead));
         this.hashed += bytesRead;
       }
       this.next++;
     }
+  }
+
+  /** Reads up to `want` bytes at `hashed` into the buffer: directly when it can, else cached. */
+  private async read(want: number): Promise<number> {
+    const buffer = this.buffer!;
+    if (this.direct && this.hashed % DIRECT_BLOCK === 0) {
+      // Whole blocks (a short count at the end of the file); the range's end may be mid-block.
+      const blocks = Math.ceil(want / DIRECT_BLOCK) * DIRECT_BLOCK;
+      try {
+        const { bytesRead } = await this.direct.read(buffer, 0, Math.min(blocks, buffer.byteLength), this.hashed);
+        return Math.min(bytesRead, want);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== "EINVAL") throw error;
+        this.direct = undefined;
+      }
+    }
+    return (await this.file.read(buffer, 0, want, this.hashed)).bytesRead;
   }
 
   /** Resolves when no read is in progress. */
@@ -239,6 +263,99 @@ class TrailingHash {
   }
 }
 
+/** O_DIRECT's unit: offsets, lengths and memory of direct reads and writes are multiples of it. */
+const DIRECT_BLOCK = 4096;
+/** Staged bytes written at once with O_DIRECT. */
+const DIRECT_WRITE = 4 * 1024 * 1024;
+
+/** `path` opened for O_DIRECT reads and writes; undefined where the platform or filesystem has none. */
+async function openDirect(path: string): Promise<FileHandle | undefined> {
+  if (constants.O_DIRECT === undefined) return undefined;
+  try {
+    return await open(path, constants.O_RDWR | constants.O_DIRECT);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "EINVAL") return undefined;
+    throw error;
+  }
+}
+
+/**
+ * Writes one range's messages at increasing positions. With a direct handle, the bytes are
+ * gathered in a page-aligned buffer and written by whole blocks with O_DIRECT, straight from
+ * it to the disk: no page-cache pages to find, clear and copy into (for a multi-GB download,
+ * most of the CPU its writes cost). The last partial block of the file, or everything when
+ * O_DIRECT is refused, goes through the page cache.
+ */
+class RangeWriter {
+  /** The file position of the next byte written. */
+  position = 0;
+  private staged = 0;
+  private buffer: Buffer | undefined;
+
+  constructor(
+    private readonly file: FileHandle,
+    private direct: FileHandle | undefined,
+  ) {}
+
+  /** Begins (or begins again) a range at `offset`. */
+  start(offset: number): void {
+    this.position = offset;
+    this.staged = 0;
+  }
+
+  async write(bytes: Uint8Array): Promise<void> {
+    if (!this.direct || (this.staged === 0 && this.position % DIRECT_BLOCK !== 0)) {
+      await writeAll(this.file, bytes, this.position);
+      this.position += bytes.byteLength;
+      return;
+    }
+    this.buffer ??= alignedBuffer(DIRECT_WRITE + DIRECT_BLOCK, false);
+    for (let from = 0; from < bytes.byteLength;) {
+      const n = Math.min(bytes.byteLength - from, this.buffer.byteLength - this.staged);
+      this.buffer.set(bytes.subarray(from, from + n), this.staged);
+      this.staged += n;
+      this.position += n;
+      from += n;
+      if (this.staged >= DIRECT_WRITE) await this.flush(false);
+    }
+  }
+
+  /** Writes what is staged: whole blocks directly and, at the end, the rest through the cache. */
+  private async flush(last: boolean): Promise<void> {
+    const buffer = this.buffer!;
+    const start = this.position - this.staged;
+    let blocks = this.staged - (this.staged % DIRECT_BLOCK);
+    if (blocks > 0 && this.direct) {
+      try {
+        await writeAll(this.direct, buffer.subarray(0, blocks), start);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== "EINVAL") throw error;
+        this.direct = undefined;
+        blocks = 0;
+      }
+    }
+    if (last || !this.direct) {
+      await writeAll(this.file, buffer.subarray(blocks, this.staged), start + blocks);
+      this.staged = 0;
+      return;
+    }
+    // Less than a block stays staged, moved to the front.
+    buffer.copy(buffer, 0, blocks, this.staged);
+    this.staged -= blocks;
+  }
+
+  /** The range is complete: writes what is still staged. */
+  async end(): Promise<void> {
+    if (this.staged > 0) await this.flush(true);
+  }
+}
+
+async function writeAll(file: FileHandle, bytes: Uint8Array, position: number): Promise<void> {
+  for (let at = 0; at < bytes.byteLength;) {
+    at += (await file.write(bytes, at, bytes.byteLength - at, position + at)).bytesWritten;
+  }
+}
+
 /** Options of {@link downloadBlob}. */
 export interface DownloadOptions {
   /** Bytes per range request; 64 MiB by default. */
@@ -247,6 +364,11 @@ export interface DownloadOptions {
   onProgress?: (bytes: number) => void;
   signal?: AbortSignal;
   attempts?: number;
+  /**
+   * Write and read back ranges with O_DIRECT where the filesystem allows it (true by default;
+   * used only when `rangeSize` is a multiple of 4096).
+   */
+  directIo?: boolean;
 }
 
 /**
@@ -293,8 +415,10 @@ export async function downloadBlob(
   for (const i of done) options.onProgress?.(Math.min(rangeSize, size - i * rangeSize));
   const todo = [...Array(ranges).keys()].filter((i) => !done.has(i));
   const file = await open(part, "r+");
+  // Ranges of whole blocks are written (and read back) with O_DIRECT where the filesystem allows.
+  const direct = options.directIo !== false && rangeSize % DIRECT_BLOCK === 0 ? await openDirect(part) : undefined;
   // The whole file is verified while it downloads, each range once it and those before it are in.
-  const trailing = new TrailingHash(file, size, rangeSize);
+  const trailing = new TrailingHash(file, size, rangeSize, direct);
   for (const i of done) trailing.finish(i);
   let fetched = 0;
   let verified: { sha256: string; size: number } | undefined;
@@ -307,6 +431,7 @@ export async function downloadBlob(
   };
   try {
     const worker = async () => {
+      const writer = new RangeWriter(file, direct);
       for (let i = todo.shift(); i !== undefined; i = todo.shift()) {
         const offset = i * rangeSize;
         const length = Math.min(rangeSize, size - offset);
@@ -316,16 +441,21 @@ export async function downloadBlob(
           options.attempts ?? 6,
           options.signal,
           async () => {
-            let at = offset;
+            writer.start(offset);
             for await (const m of client.getBlob(
               { sha256, offset: BigInt(offset), length: BigInt(length) },
               options.signal ? { signal: options.signal } : {},
             )) {
-              await file.write(m.chunk, 0, m.chunk.byteLength, at);
-              at += m.chunk.byteLength;
+              if (writer.position + m.chunk.byteLength > offset + length)
+                throw new NearhubError(Code.DataLoss, `the server sent more than the ${length} bytes asked for`);
+              await writer.write(m.chunk);
             }
-            if (at !== offset + length)
-              throw new NearhubError(Code.Unavailable, `the stream ended after ${at - offset} of ${length} bytes`);
+            await writer.end();
+            if (writer.position !== offset + length)
+              throw new NearhubError(
+                Code.Unavailable,
+                `the stream ended after ${writer.position - offset} of ${length} bytes`,
+              );
           },
         );
         await file.datasync();
@@ -341,6 +471,7 @@ export async function downloadBlob(
   } finally {
     await trailing.settled();
     await file.close();
+    await direct?.close();
     await saving;
   }
   const actual = verified ?? (await hashFile(part));

@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { mkdir, stat } from "node:fs/promises";
 import { dirname, resolve, sep } from "node:path";
-import { downloadBlob } from "@nearhub/storage";
+import { downloadBlob, tuneHeapForStreaming } from "@nearhub/storage";
 import { parse, print, UsageError, type Command } from "../command.js";
 import { Progress, formatBytes } from "../progress.js";
 import { intOption, parseRepo, storageClients } from "../storage-target.js";
@@ -31,6 +31,8 @@ export const downloadCommand: Command = {
     "                 [--parallel N] [--json]",
   ],
   async run(args, ctx) {
+    // Streaming gigabytes through gRPC: see tuneHeapForStreaming.
+    tuneHeapForStreaming();
     const { values, positionals } = parse(args, {
       to: { type: "string" },
       kind: { type: "string" },

@@ -3,7 +3,7 @@ import { createReadStream } from "node:fs";
 import { readdir, stat } from "node:fs/promises";
 import { basename, join, relative, sep } from "node:path";
 import { Code, NearhubError } from "@nearhub/platform";
-import { uploadFile } from "@nearhub/storage";
+import { uploadFile, tuneHeapForStreaming } from "@nearhub/storage";
 import { parse, print, UsageError, type Command } from "../command.js";
 import { Progress, formatBytes } from "../progress.js";
 import { intOption, parseRepo, storageClients } from "../storage-target.js";
@@ -63,6 +63,8 @@ export const uploadCommand: Command = {
     "               [--storage HOST:PORT] [--parallel N] [--chunk-size MiB] [--json]",
   ],
   async run(args, ctx) {
+    // Streaming gigabytes through gRPC: see tuneHeapForStreaming.
+    tuneHeapForStreaming();
     const { values, positionals } = parse(args, {
       kind: { type: "string" },
       message: { type: "string", short: "m" },
