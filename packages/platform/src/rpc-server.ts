@@ -11,7 +11,7 @@ import { methodDefinition } from "./rpc-definition.js";
 import { runAs } from "./auth/context.js";
 import type { Permission } from "./auth/permissions.js";
 import type { CallContext, Principal, ServiceImpl } from "./rpc-types.js";
-import { extractFromMetadata } from "./trace-context.js";
+import { extractFromMetadata, spansMayRecord } from "./trace-context.js";
 
 /** Wraps the whole lifetime of a call (for streams, until the last message). */
 export type ServerInterceptor = (ctx: CallContext, next: () => Promise<void>) => Promise<void>;
@@ -340,8 +340,11 @@ export class RpcServer {
         // A span (and a context to carry it) only when it records or continues a trace: with no
         // tracer provider, or nothing to continue, the call skips the context switch.
         const parent = extractFromMetadata(call.metadata);
+        const continued = trace.getSpanContext(parent) !== undefined;
+        // Nothing would record or carry a root span: none is made (ids, attributes, end).
+        if (!continued && !spansMayRecord()) return await this.execute(ctx, info, body);
         const span = tracer.startSpan(fullMethod, info.spanOptions, parent);
-        const traced = span.isRecording() || trace.getSpanContext(parent) !== undefined;
+        const traced = continued || span.isRecording();
         try {
           await (traced
             ? context.with(trace.setSpan(parent, span), () => this.execute(ctx, info, body))

@@ -8,6 +8,7 @@ import {
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-proto";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from "@opentelemetry/semantic-conventions";
+import { setSpansMayRecord } from "./trace-context.js";
 
 /** Options of {@link startTelemetry}. */
 export interface TelemetryOptions {
@@ -55,5 +56,6 @@ export function startTelemetry(options: TelemetryOptions): Telemetry {
     autoDetectResources: false,
   });
   sdk.start();
+  setSpansMayRecord(exporting);
   return { shutdown: () => sdk.shutdown() };
 }

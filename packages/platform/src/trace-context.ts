@@ -25,6 +25,22 @@ const metadataGetter: TextMapGetter<Metadata> = {
   keys: (carrier) => Object.keys(carrier.getMap()),
 };
 
+let recording = false;
+
+/**
+ * Whether spans may be recorded in this process: startTelemetry says so when it has somewhere to
+ * send them. When not (no provider, or the no-exporter AlwaysOff sampler), a server call that
+ * continues no trace starts no span at all: a non-recording root span would be dropped unseen.
+ */
+export function spansMayRecord(): boolean {
+  return recording;
+}
+
+/** Set by startTelemetry (see {@link spansMayRecord}). */
+export function setSpansMayRecord(on: boolean): void {
+  recording = on;
+}
+
 /** Writes the active (or given) trace context into NATS message headers. */
 export function injectIntoHeaders(headers: MsgHdrs, ctx: Context = context.active()): void {
   propagation.inject(ctx, headers, natsSetter);

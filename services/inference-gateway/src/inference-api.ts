@@ -12,6 +12,7 @@ import {
 import type {
   GRPCInferenceService,
   ModelInferRequest,
+  ModelInferResponse,
   ModelInferResponse_InferOutputTensor,
   ModelInferResponseSchema,
 } from "@nearhub/proto/inference";
@@ -144,10 +145,14 @@ export function inferenceApi(
         (hot.hasFp16 && wanted.some((n) => hot.datatypes.get(n) === "FP16")) ||
         (request.outputs.length > 0 &&
           request.outputs.some((o) => o.parameters["binary_data"]?.parameterChoice.value === true));
-      const response: InferResponse = {
+      // The message itself, every field set (the type checks it), not an initializer: the
+      // server would otherwise copy it into a new message field by field on every call.
+      const response: ModelInferResponse = {
+        $typeName: "inference.ModelInferResponse",
         modelName: model.name,
         modelVersion: model.version,
         id: request.id,
+        parameters: {},
         outputs: [],
         rawOutputContents: [],
       };
@@ -165,16 +170,14 @@ export function inferenceApi(
             described = encodeOutput(tensor, hot.datatypes.get(name) ?? "FP32", true).tensor;
             if (key !== undefined && hot.rawOutputs.size < 1024) hot.rawOutputs.set(key, described);
           }
-          (response.outputs as unknown[]).push(described);
+          response.outputs.push(described);
           const { data } = tensor;
-          (response.rawOutputContents as Uint8Array[]).push(
-            new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
-          );
+          response.rawOutputContents.push(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
           continue;
         }
         const encoded = encodeOutput(tensor, hot.datatypes.get(name) ?? "FP32", asRaw);
-        (response.outputs as unknown[]).push(encoded.tensor);
-        if (encoded.raw) (response.rawOutputContents as Uint8Array[]).push(encoded.raw);
+        response.outputs.push(encoded.tensor);
+        if (encoded.raw) response.rawOutputContents.push(encoded.raw);
       }
       const totalMs = performance.now() - started;
       recordRequest(model.stats, true, totalMs, rows, queueMs);

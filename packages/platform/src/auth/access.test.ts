@@ -168,6 +168,62 @@ describe("access control over gRPC: tokens, OIDC, service identities, revocation
     assert.ok(Date.now() - revokedAt < 5000, `revocation took ${Date.now() - revokedAt} ms`);
   });
 
+  test("a token verified once is still checked against its current record on every call", async () => {
+    const adminPrincipal = await owner.authenticate(bearer(admin));
+    const { record, token } = await owner.store.createToken(
+      { name: "cached", role: "viewer", scopes: ["*"], ttlSeconds: 3600 },
+      adminPrincipal,
+    );
+    const who = `token:${record.id}`;
+    // Verified in full, then known by its string: both answers are the same principal.
+    assert.equal((await owner.authenticate(bearer(token))).subject, who);
+    assert.equal((await owner.authenticate(bearer(token))).subject, who);
+    // The same id with another secret, a longer or cut secret, another case: not the known token.
+    const secret = token.slice(`nhp_${record.id}_`.length);
+    const otherSecret = secret.startsWith("A") ? `B${secret.slice(1)}` : `A${secret.slice(1)}`;
+    for (const [value, message] of [
+      [`nhp_${record.id}_${otherSecret}`, /the API token is not valid/],
+      [`${token}x`, /neither a nearhub API token/],
+      [token.slice(0, -1), /neither a nearhub API token/],
+      [token.toUpperCase(), /neither a nearhub API token/],
+      [` ${token}x `, /neither a nearhub API token/],
+    ] as const)
+      await rejects(owner.authenticate(bearer(value)), Code.Unauthenticated, message);
+    assert.equal((await owner.authenticate(bearer(token))).subject, who);
+    // A changed record (here an expiry moved into the past) is checked again, not served from the cache.
+    const current = owner.policy.tokens.get(record.id);
+    assert.ok(current);
+    owner.policy.tokens.set(record.id, { ...current, expiresAt: Date.now() - 1000 });
+    await rejects(owner.authenticate(bearer(token)), Code.Unauthenticated, /expired on/);
+    owner.policy.tokens.set(record.id, current);
+    assert.equal((await owner.authenticate(bearer(token))).subject, who);
+    // A record re-issued under the same id with another hash refuses the old secret.
+    owner.policy.tokens.set(record.id, { ...current, hash: "0".repeat(64) });
+    await rejects(owner.authenticate(bearer(token)), Code.Unauthenticated, /the API token is not valid/);
+    owner.policy.tokens.set(record.id, current);
+    // A token the policy no longer has is refused at once.
+    owner.policy.tokens.delete(record.id);
+    await rejects(owner.authenticate(bearer(token)), Code.Unauthenticated, /the API token is not valid/);
+    owner.policy.tokens.set(record.id, current);
+    // Revocation: refused here at once, and by the serving host (which cached it on a call) over gRPC.
+    // A viewer may not write: PERMISSION_DENIED once the host knows the token (it authenticated it).
+    await eventually(() =>
+      call("github.com/acme/rocket", bearer(token)).then(
+        () => undefined,
+        (e: NearhubError) => (e.code === Code.PermissionDenied ? true : undefined),
+      ),
+    );
+    await rejects(call("github.com/acme/rocket", bearer(token)), Code.PermissionDenied, new RegExp(who));
+    await owner.store.revokeToken(record.id);
+    await rejects(owner.authenticate(bearer(token)), Code.Unauthenticated, /was revoked on/);
+    await eventually(() =>
+      call("github.com/acme/rocket", bearer(token)).then(
+        () => undefined,
+        (e: NearhubError) => (e.code === Code.Unauthenticated && /revoked/.test(e.message) ? true : undefined),
+      ),
+    );
+  });
+
   test("a token cannot be created beyond its creator's own grants", async () => {
     const adminPrincipal = await owner.authenticate(bearer(admin));
     const { token } = await owner.store.createToken(

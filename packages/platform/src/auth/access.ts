@@ -31,6 +31,9 @@ export interface Credentials {
 
 const anonymous: Principal = { subject: ANONYMOUS, groups: [], method: "anonymous" };
 const MAX_CREDENTIAL_LENGTH = 16 * 1024;
+/** Verified API tokens kept (see `bearer`); past it the cache starts over. */
+const MAX_VERIFIED_TOKENS = 10_000;
+const ALLOWED: Promise<void> = Promise.resolve();
 
 /**
  * Authentication and authorization for one service: API tokens (checked against the hashes in
@@ -151,6 +154,14 @@ export class Access {
 
   /** Who presented these credentials; anonymous when none. UNAUTHENTICATED when they are bad. */
   async authenticate(credentials: Credentials): Promise<Principal> {
+    return this.principalOf(credentials);
+  }
+
+  /**
+   * {@link authenticate} without a promise when no I/O is needed (API tokens, identity
+   * assertions, anonymous): the per-call path of every RPC. Throws UNAUTHENTICATED at once.
+   */
+  private principalOf(credentials: Credentials): Principal | Promise<Principal> {
     const { authorization, identity } = credentials;
     if (identity) {
       if (identity.length > MAX_CREDENTIAL_LENGTH) throw unauthenticated(`the ${IDENTITY_HEADER} value is too long`);
@@ -198,26 +209,36 @@ export class Access {
     resource: string,
   ): Promise<Principal> {
     try {
-      return await this.authenticate(credentials);
+      return await this.principalOf(credentials);
     } catch (error) {
-      const e = NearhubError.from(error, Code.Unauthenticated);
-      await publishAudit(
-        this.bus,
-        this.service,
-        {
-          action: "access.authenticate",
-          resource: resource.slice(0, 300),
-          decision: Decision.DENY,
-          outcome: Outcome.FAILURE,
-          details: { reason: e.rawMessage },
-        },
-        { ...source, principal: anonymous },
-      ).catch(() => undefined);
-      throw error;
+      return this.refused(error, source, resource);
     }
   }
 
-  private async bearer(value: string): Promise<Principal> {
+  /** Records a refused authentication in the audit trail (actor anonymous), then throws it. */
+  private async refused(error: unknown, source: Omit<AccessSource, "principal">, resource: string): Promise<never> {
+    const e = NearhubError.from(error, Code.Unauthenticated);
+    await publishAudit(
+      this.bus,
+      this.service,
+      {
+        action: "access.authenticate",
+        resource: resource.slice(0, 300),
+        decision: Decision.DENY,
+        outcome: Outcome.FAILURE,
+        details: { reason: e.rawMessage },
+      },
+      { ...source, principal: anonymous },
+    ).catch(() => undefined);
+    throw error;
+  }
+
+  private bearer(value: string): Principal | Promise<Principal> {
+    // A token seen before is known by its exact string: no pattern, no hash. The entry holds
+    // only while the policy still has the very record it matched (a revocation, an expiry
+    // change or a re-issue replaces the record, and the token is checked in full again).
+    const known = this.verifiedTokens.get(value);
+    if (known !== undefined && this.policy.tokens.get(known.id) === known) return usableToken(known);
     // A huggingface.co token that huggingface_hub sends on its own (the user is logged in there)
     // is not ours and proves nothing here: the caller reads as anonymous.
     if (/^hf_[A-Za-z0-9]{20,80}$/.test(value)) return anonymous;
@@ -227,13 +248,10 @@ export class Access {
       // The hash is checked once per token and record (a revocation replaces the record).
       if (!token || (this.verifiedTokens.get(value) !== token && !secretMatches(parsed.secret, token.hash)))
         throw unauthenticated("the API token is not valid");
-      if (this.verifiedTokens.size > 10_000) this.verifiedTokens.clear();
+      // Bounded: past 10,000 distinct tokens the cache starts over (each is verified again).
+      if (this.verifiedTokens.size >= MAX_VERIFIED_TOKENS) this.verifiedTokens.clear();
       this.verifiedTokens.set(value, token);
-      if (token.revokedAt !== undefined)
-        throw unauthenticated(`the API token ${token.id} was revoked on ${new Date(token.revokedAt).toISOString()}`);
-      if (token.expiresAt !== undefined && token.expiresAt <= Date.now())
-        throw unauthenticated(`the API token ${token.id} expired on ${new Date(token.expiresAt).toISOString()}`);
-      return { subject: `token:${token.id}`, groups: [], method: "token" };
+      return usableToken(token);
     }
     if (value.split(".").length === 3) {
       if (!this.oidc)
@@ -259,9 +277,18 @@ export class Access {
    * for credentials) unless the source's principal may do `permission` on `resource`; every
    * refusal is recorded in the audit trail.
    */
-  async authorize(source: AccessSource, permission: Permission, resource: string): Promise<void> {
+  authorize(source: AccessSource, permission: Permission, resource: string): Promise<void> {
     const decision = this.policy.decide(source.principal, permission, resource);
-    if (decision.allowed) return;
+    // Allowed is every call's answer: one shared settled promise instead of an async frame.
+    return decision.allowed ? ALLOWED : this.denied(source, permission, resource, decision);
+  }
+
+  private async denied(
+    source: AccessSource,
+    permission: Permission,
+    resource: string,
+    decision: AccessDecision,
+  ): Promise<never> {
     await publishAudit(
       this.bus,
       this.service,
@@ -282,15 +309,20 @@ export class Access {
 
   /** The gRPC server hooks: who is calling (from metadata) and per-method checks. */
   grpcAuthenticate(): (ctx: CallContext) => Promise<Principal> {
-    return (ctx) =>
-      this.authenticateAudited(
-        {
+    return (ctx) => {
+      // As authenticateAudited, with one promise per call when the answer needs no I/O.
+      try {
+        const principal = this.principalOf({
           authorization: first(ctx.metadata.get("authorization")),
           identity: first(ctx.metadata.get(IDENTITY_HEADER)),
-        },
-        ctx,
-        ctx.method,
-      );
+        });
+        return principal instanceof Promise
+          ? principal.catch((error: unknown) => this.refused(error, ctx, ctx.method))
+          : Promise.resolve(principal);
+      } catch (error) {
+        return this.refused(error, ctx, ctx.method);
+      }
+    };
   }
 
   grpcAuthorize(): (ctx: CallContext, permission: Permission, resource: string) => Promise<void> {
@@ -313,6 +345,15 @@ export class Access {
 function first(values: Array<string | Buffer>): string | undefined {
   const v = values[0];
   return v === undefined ? undefined : typeof v === "string" ? v : v.toString("utf8");
+}
+
+/** The principal of a token whose secret matched: refused when revoked or expired. */
+function usableToken(token: TokenRecord): Principal {
+  if (token.revokedAt !== undefined)
+    throw unauthenticated(`the API token ${token.id} was revoked on ${new Date(token.revokedAt).toISOString()}`);
+  if (token.expiresAt !== undefined && token.expiresAt <= Date.now())
+    throw unauthenticated(`the API token ${token.id} expired on ${new Date(token.expiresAt).toISOString()}`);
+  return { subject: `token:${token.id}`, groups: [], method: "token" };
 }
 
 function unauthenticated(message: string): NearhubError {
