@@ -14,6 +14,7 @@ import { fork, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { mlpModel, seededFloats } from "@nearhub/inference-gateway";
 import * as ort from "onnxruntime-node";
+import { BenchChild } from "./bench-child.js";
 import type { LoadResult, LoadSpec } from "./grpc-load.js";
 import { checkUnary, h2loadVersion, runH2load } from "./h2load.js";
 import {
@@ -131,37 +132,23 @@ async function inProcess(model: Uint8Array): Promise<{ single: LoadResult; batch
 /** The servers' process (bench/inference-servers.ts): the gateway and the echo floor. */
 class Servers {
   private constructor(
-    private readonly child: ChildProcess,
+    private readonly process: BenchChild<ServersRequest, ServersMessage>,
     readonly ready: Extract<ServersMessage, { type: "ready" }>,
   ) {}
 
   static async start(): Promise<Servers | string> {
-    const child = fork(fileURLToPath(new URL("./inference-servers.ts", import.meta.url)), [], {
-      execArgv: [...SERVER_NODE_FLAGS, ...SERVER_ONLY_FLAGS, "--conditions=development", "--import", "tsx"],
-      env: { ...process.env, NEARHUB_BENCH_SERVERS: "1" },
-      stdio: ["ignore", "inherit", "inherit", "ipc"],
+    const child = await BenchChild.fork<ServersRequest, ServersMessage>("inference servers", "inference-servers.ts", {
+      nodeFlags: [...SERVER_NODE_FLAGS, ...SERVER_ONLY_FLAGS],
+      env: { NEARHUB_BENCH_SERVERS: "1" },
     });
-    const first = await new Promise<ServersMessage>((resolve, reject) => {
-      child.once("message", resolve);
-      child.once("exit", (code) => reject(new Error(`inference servers exited with ${String(code)}`)));
-    });
+    const first = child.first;
     if (first.type === "ready") return new Servers(child, first);
     child.kill();
     return first.type === "skip" ? first.reason : `unexpected ${first.type}`;
   }
 
   private request(message: ServersRequest, answer?: ServersMessage["type"]): Promise<ServersMessage | undefined> {
-    return new Promise((resolve) => {
-      if (answer) {
-        const on = (m: ServersMessage) => {
-          if (m.type !== answer) return;
-          this.child.off("message", on);
-          resolve(m);
-        };
-        this.child.on("message", on);
-      } else resolve(undefined);
-      this.child.send(message);
-    });
+    return this.process.request(message, answer);
   }
 
   /** Starts recording the servers' event-loop delay. */
@@ -192,12 +179,8 @@ class Servers {
     await this.request({ type: "gc" }, "collected");
   }
 
-  async stop(): Promise<void> {
-    const exited = new Promise<void>((resolve) => this.child.once("exit", () => resolve()));
-    await Promise.race([this.request({ type: "stop" }, "stopped"), exited]);
-    const timer = setTimeout(() => this.child.kill(), 5000);
-    await exited;
-    clearTimeout(timer);
+  stop(): Promise<void> {
+    return this.process.stop({ type: "stop" }, "stopped");
   }
 }
 

@@ -13,13 +13,11 @@
  * BENCH_SEARCH_FILE=path keeps the index there, and a later run with it skips indexing.
  * Loopback only.
  */
-import { fork, type ChildProcess } from "node:child_process";
 import { mkdirSync, readFileSync, realpathSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { connect as netConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   Bus,
@@ -37,7 +35,6 @@ import {
   SearchService,
   SortField,
   SuggestRequestSchema,
-  type SearchRequest,
 } from "@nearhub/proto/search";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Metadata } from "@grpc/grpc-js";
@@ -51,6 +48,9 @@ import {
   startIndexing,
   type SearchDocument,
 } from "@nearhub/indexing";
+import { BenchChild } from "./bench-child.js";
+import { percentile, time, type Figures } from "./query-timing.js";
+import type { SearchClientMessage, SearchClientRequest } from "./search-client.js";
 import type { GcFigures, SearchServerMessage, SearchServerRequest } from "./search-server.js";
 
 const DOCS = Number(process.env["BENCH_SEARCH_DOCS"] ?? process.env["BENCH_DOCS"] ?? 20_000);
@@ -219,45 +219,6 @@ export function syntheticDocument(i: number): SearchDocument {
   });
 }
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
-}
-
-interface Figures {
-  median: number;
-  p99: number;
-  qps: number;
-  /** CPU time of this process per call (user + system), which load on other processes barely moves. */
-  cpuMedian: number;
-  cpuP99: number;
-}
-
-/** Runs `call` for each input in turn (after a warm-up) and returns median and p99 in µs. */
-async function time<T>(inputs: T[], call: (input: T) => unknown, warmup = 20): Promise<Figures> {
-  for (const input of inputs.slice(0, Math.min(warmup, inputs.length))) await call(input);
-  const samples: number[] = [];
-  const cpu: number[] = [];
-  const started = process.hrtime.bigint();
-  for (const input of inputs) {
-    const c = process.cpuUsage();
-    const t = process.hrtime.bigint();
-    await call(input);
-    samples.push(Number(process.hrtime.bigint() - t) / 1000);
-    const used = process.cpuUsage(c);
-    cpu.push(used.user + used.system);
-  }
-  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-  samples.sort((a, b) => a - b);
-  cpu.sort((a, b) => a - b);
-  return {
-    median: percentile(samples, 50),
-    p99: percentile(samples, 99),
-    qps: inputs.length / seconds,
-    cpuMedian: percentile(cpu, 50),
-    cpuP99: percentile(cpu, 99),
-  };
-}
-
 const ms = (us: number) => (us / 1000).toFixed(2).padStart(7);
 /** `cpu` names whose CPU the figures count: the client's alone for gRPC calls (the server is another process). */
 const fmt = (f: Figures, cpu = "CPU") =>
@@ -362,57 +323,75 @@ async function eventToSearchable(serviceDir: string, namespace: string): Promise
  */
 class SearchServer {
   private constructor(
-    private readonly child: ChildProcess,
+    private readonly process: BenchChild<SearchServerRequest, SearchServerMessage>,
     readonly port: number,
   ) {}
 
   static async start(file: string): Promise<SearchServer> {
-    const child = fork(fileURLToPath(new URL("./search-server.ts", import.meta.url)), [file], {
-      execArgv: ["--max-semi-space-size=32", "--conditions=development", "--import", "tsx"],
-      env: { ...process.env, NEARHUB_BENCH_SEARCH_SERVER: "1" },
-      stdio: ["ignore", "inherit", "inherit", "ipc"],
+    const child = await BenchChild.fork<SearchServerRequest, SearchServerMessage>("search server", "search-server.ts", {
+      args: [file],
+      nodeFlags: ["--max-semi-space-size=32"],
+      env: { NEARHUB_BENCH_SEARCH_SERVER: "1" },
     });
-    const first = await new Promise<SearchServerMessage>((resolve, reject) => {
-      child.once("message", resolve);
-      child.once("exit", (code) => reject(new Error(`search server exited with ${String(code)}`)));
-    });
-    if (first.type === "ready") return new SearchServer(child, first.port);
+    if (child.first.type === "ready") return new SearchServer(child, child.first.port);
     child.kill();
-    throw new Error(`search server answered ${first.type} instead of ready`);
-  }
-
-  private request(message: SearchServerRequest, answer?: SearchServerMessage["type"]) {
-    return new Promise<SearchServerMessage | undefined>((resolve) => {
-      if (answer) {
-        const on = (m: SearchServerMessage) => {
-          if (m.type !== answer) return;
-          this.child.off("message", on);
-          resolve(m);
-        };
-        this.child.on("message", on);
-      } else resolve(undefined);
-      this.child.send(message);
-    });
+    throw new Error(`search server answered ${child.first.type} instead of ready`);
   }
 
   /** Starts recording the server's garbage collections. */
   async gcStart(): Promise<void> {
-    await this.request({ type: "gc-start" });
+    await this.process.request({ type: "gc-start" });
   }
 
   /** The server's garbage collections since {@link gcStart}. */
   async gcStop(): Promise<GcFigures | undefined> {
-    const m = await this.request({ type: "gc-stop" }, "gc");
+    const m = await this.process.request({ type: "gc-stop" }, "gc");
     return m?.type === "gc" ? m.figures : undefined;
   }
 
-  async stop(): Promise<void> {
-    if (this.child.exitCode !== null) return;
-    const exited = new Promise<void>((resolve) => this.child.once("exit", () => resolve()));
-    await Promise.race([this.request({ type: "stop" }, "stopped"), exited]);
-    const timer = setTimeout(() => this.child.kill(), 5000);
-    await exited;
-    clearTimeout(timer);
+  stop(): Promise<void> {
+    return this.process.stop({ type: "stop" }, "stopped");
+  }
+}
+
+/** The gRPC client process (bench/search-client.ts) that times the queries. */
+class SearchClient {
+  private constructor(private readonly process: BenchChild<SearchClientRequest, SearchClientMessage>) {}
+
+  static async start(port: number): Promise<SearchClient> {
+    const child = await BenchChild.fork<SearchClientRequest, SearchClientMessage>("search client", "search-client.ts", {
+      args: [String(port)],
+      nodeFlags: ["--expose-gc"],
+      env: { NEARHUB_BENCH_SEARCH_CLIENT: "1" },
+    });
+    if (child.first.type === "ready") return new SearchClient(child);
+    child.kill();
+    throw new Error(`search client answered ${child.first.type} instead of ready`);
+  }
+
+  /** Times these searches, one at a time. */
+  searches(searches: Request[]): Promise<Figures> {
+    return this.figures({ type: "run", searches });
+  }
+
+  /** Times these suggests, one at a time. */
+  suggests(prefixes: string[]): Promise<Figures> {
+    return this.figures({ type: "run", prefixes });
+  }
+
+  /** Sends these searches once, unmeasured, then collects the client's garbage. */
+  async send(searches: Request[]): Promise<void> {
+    await this.process.request({ type: "send", searches }, "sent");
+  }
+
+  private async figures(request: SearchClientRequest): Promise<Figures> {
+    const m = await this.process.request(request, "figures");
+    if (m?.type !== "figures") throw new Error("the search client stopped before answering");
+    return m.figures;
+  }
+
+  stop(): Promise<void> {
+    return this.process.stop({ type: "stop" }, "stopped");
   }
 }
 
@@ -478,18 +457,15 @@ export async function main(): Promise<void> {
 
     const api = searchApi(index);
     server = await SearchServer.start(file);
-    const client = createClient(SearchService, `127.0.0.1:${server.port}`);
+    const client = await SearchClient.start(server.port);
     const mix = queryMix();
     // Warm the file into the page cache once (a restarted service reads the same way).
     for (const requests of Object.values(mix)) {
       for (const r of requests.slice(0, 5)) await api.search(create(SearchRequestSchema, r), inProcess);
     }
-    const floor = await time(
-      Array.from({ length: QUERIES }, () => ""),
-      (prefix) => client.suggest({ prefix }),
-    );
+    const floor = await client.suggests(Array.from({ length: QUERIES }, () => ""));
     console.log(
-      `  ${QUERIES} sequential queries per kind, page of 20; gRPC = a client in this process, the server in a child process (as deployed); in-process = the Search handler without gRPC`,
+      `  ${QUERIES} sequential queries per kind, page of 20; gRPC = a client process of its own, the server in another (as deployed); in-process = the Search handler without gRPC, in this process`,
     );
     console.log(`    gRPC round trip alone (empty Suggest) ${fmt(floor, "client CPU")}   (load ${loadavg()})`);
     const worst = { grpc: 0, local: 0, grpcCpu: 0, localCpu: 0 };
@@ -504,9 +480,9 @@ export async function main(): Promise<void> {
       );
     };
     const gc: GcFigures = { minor: 0, minorMaxMs: 0, major: 0, majorMaxMs: 0, totalMs: 0 };
-    const grpcTimed = async <T>(inputs: T[], call: (input: T) => unknown) => {
+    const grpcTimed = async (run: () => Promise<Figures>) => {
       await server?.gcStart();
-      const figures = await time(inputs, call);
+      const figures = await run();
       const g = await server?.gcStop();
       if (g) {
         gc.minor += g.minor;
@@ -517,16 +493,22 @@ export async function main(): Promise<void> {
       }
       return figures;
     };
+    // In-process figures first, then the gRPC ones; the whole mix is sent once unmeasured so the
+    // server's code is compiled and its young generation sized as in steady state.
+    const local = new Map<string, Figures>();
     for (const [kind, requests] of Object.entries(mix)) {
-      const local = await time(requests, (r) => api.search(create(SearchRequestSchema, r), inProcess));
-      const grpc = await grpcTimed(requests, (r) => client.search(r as SearchRequest));
-      row(kind, local, grpc);
+      local.set(kind, await time(requests, (r) => api.search(create(SearchRequestSchema, r), inProcess)));
     }
     const prefixes = Array.from({ length: QUERIES }, () => pick(FAMILIES).slice(0, 2));
     const localSuggest = await time(prefixes, (prefix) =>
       api.suggest(create(SuggestRequestSchema, { prefix }), inProcess),
     );
-    const suggest = await grpcTimed(prefixes, (prefix) => client.suggest({ prefix }));
+    await client.send(Object.values(mix).flat());
+    for (const [kind, requests] of Object.entries(mix)) {
+      const grpc = await grpcTimed(() => client.searches(requests));
+      row(kind, local.get(kind) as Figures, grpc);
+    }
+    const suggest = await grpcTimed(() => client.suggests(prefixes));
     row("suggest", localSuggest, suggest);
     console.log(
       `    server GC during the gRPC queries: ${gc.minor} scavenges (longest ${gc.minorMaxMs.toFixed(2)} ms), ${gc.major} major/incremental (longest ${gc.majorMaxMs.toFixed(2)} ms), ${gc.totalMs.toFixed(1)} ms in all`,
@@ -534,7 +516,7 @@ export async function main(): Promise<void> {
     console.log(
       `    worst p99 over the mix: gRPC ${(worst.grpc / 1000).toFixed(2)} ms, in-process ${(worst.local / 1000).toFixed(2)} ms; CPU per query p99: gRPC client ${(worst.grpcCpu / 1000).toFixed(2)} ms, in-process ${(worst.localCpu / 1000).toFixed(2)} ms (target ≤ 15 ms, operators' bar 100 ms; load ${loadavg()})`,
     );
-    client.$close();
+    await client.stop();
     await server.stop();
 
     // Baseline: the same term queries in-process, FTS5 index against a brute-force LIKE scan
