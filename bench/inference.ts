@@ -29,7 +29,16 @@ const DURATION_MS = Number(process.env["BENCH_DURATION_MS"] ?? 1500);
 const WARMUP_MS = 300;
 /** Each path's unmeasured run before the first measured point (JIT warm-up). */
 const WARMUP_RUN_MS = Number(process.env["BENCH_WARMUP_RUN_MS"] ?? 1500);
-const CONCURRENCY = [1, 8, 64, 256];
+/** The closed-loop concurrencies; `BENCH_CONCURRENCY=64,256` measures only those. */
+const CONCURRENCY = (process.env["BENCH_CONCURRENCY"] || "1,8,64,256").split(",").map(Number);
+/**
+ * Only the sections whose label contains one of these `;`-separated strings (labels hold commas),
+ * e.g. `BENCH_SECTIONS="unary, no batching"`; by default every section. A filter skips the stream
+ * echo and the open-loop rows.
+ */
+const SECTIONS = (process.env["BENCH_SECTIONS"] || "").split(";").filter((s) => s.length > 0);
+/** Extra node flags for the servers' process (e.g. `--trace-gc`), space-separated. */
+const EXTRA_SERVER_FLAGS = (process.env["BENCH_SERVER_FLAGS"] || "").split(" ").filter((s) => s.length > 0);
 /**
  * The open-loop rows' generator: `h2load`, `node` (bench/grpc-load.ts), `both` (h2load's rows, then
  * the Node generator's, for comparison), or by default h2load when on PATH.
@@ -138,7 +147,7 @@ class Servers {
 
   static async start(): Promise<Servers | string> {
     const child = await BenchChild.fork<ServersRequest, ServersMessage>("inference servers", "inference-servers.ts", {
-      nodeFlags: [...SERVER_NODE_FLAGS, ...SERVER_ONLY_FLAGS],
+      nodeFlags: [...SERVER_NODE_FLAGS, ...SERVER_ONLY_FLAGS, ...EXTRA_SERVER_FLAGS],
       env: { NEARHUB_BENCH_SERVERS: "1" },
     });
     const first = child.first;
@@ -167,6 +176,11 @@ class Servers {
    * threads of their process): unlike throughput, it hardly moves when other work shares the cores.
    */
   async measure(load: LoadGenerator, spec: Parameters<LoadGenerator["run"]>[0]): Promise<Measured> {
+    // The points before left their promoted garbage in the old generation (it grows ~4 MB/s
+    // under load); collected now, not mid-window. Without it the full collection fell in the
+    // same point of every run (unary, no batching, c=256: --trace-gc showed Mark-Compact
+    // 113 → 34 MB pausing 217 ms, which made that row's p99 277–327 ms and its CPU per call 1.5×).
+    await this.collect();
     const enable = setTimeout(() => void this.loopStart(), spec.warmupMs ?? WARMUP_MS);
     const r = await load.run(spec);
     clearTimeout(enable);
@@ -236,12 +250,14 @@ export async function main(): Promise<void> {
     // change in the machine's load hits the floor and the gateway alike; printed by section.
     const echoUnary = new Map<number, Measured>();
     const results: Record<string, Map<number, Measured>> = {};
-    const sections = [
-      ["gateway unary, no batching", "mlp", "unary"],
-      ["gateway unary, dynamic batching", "mlp_batched", "unary"],
-      ["gateway stream, no batching", "mlp", "stream"],
-      ["gateway stream, dynamic batching", "mlp_batched", "stream"],
-    ] as const;
+    const sections = (
+      [
+        ["gateway unary, no batching", "mlp", "unary"],
+        ["gateway unary, dynamic batching", "mlp_batched", "unary"],
+        ["gateway stream, no batching", "mlp", "stream"],
+        ["gateway stream, dynamic batching", "mlp_batched", "stream"],
+      ] as const
+    ).filter(([label]) => SECTIONS.length === 0 || SECTIONS.some((s) => label.includes(s)));
     for (const [label] of sections) results[label] = new Map();
     for (const c of CONCURRENCY) {
       echoUnary.set(
@@ -262,13 +278,16 @@ export async function main(): Promise<void> {
         );
       }
     }
-    const echoStream = await servers.measure(load, {
-      target: echoTarget,
-      path: streamPath,
-      kind: "stream",
-      request: request("mlp"),
-      concurrency: 64,
-    });
+    const echoStream =
+      SECTIONS.length > 0
+        ? undefined
+        : await servers.measure(load, {
+            target: echoTarget,
+            path: streamPath,
+            kind: "stream",
+            request: request("mlp"),
+            concurrency: 64,
+          });
     for (const [label, name, kind] of sections) {
       if (kind !== "stream") continue;
       for (const c of CONCURRENCY) {
@@ -281,7 +300,7 @@ export async function main(): Promise<void> {
 
     console.log("bare grpc-js echo (same request decode, same response size):");
     for (const [c, r] of echoUnary) console.log(row(`unary c=${c}`, r));
-    console.log(row("stream c=64", echoStream));
+    if (echoStream) console.log(row("stream c=64", echoStream));
     for (const [label, , kind] of sections) {
       console.log(`${label}:`);
       for (const [c, r] of results[label] ?? []) {
@@ -300,7 +319,7 @@ export async function main(): Promise<void> {
       );
     }
     const generators: Array<"h2load" | "node"> =
-      OPEN_LOOP_GENERATOR === "both" ? ["h2load", "node"] : h2load ? ["h2load"] : ["node"];
+      SECTIONS.length > 0 ? [] : OPEN_LOOP_GENERATOR === "both" ? ["h2load", "node"] : h2load ? ["h2load"] : ["node"];
     /** The first generator's rows, which the targets quote. */
     const open: Record<string, LoadResult> = {};
     for (const generator of generators) {

@@ -301,6 +301,61 @@ describe("BatchScheduler", () => {
     assert.equal(scheduler.pending, 0);
   });
 
+  test("without batching, 256 requests in flight run in arrival order, none behind more than 256 / 32 + 1 groups", async () => {
+    const backend = new GroupingBackend();
+    const scheduler = new BatchScheduler(backend, options({ dynamicBatching: false, maxQueueSize: 1024 }));
+    // A closed loop at concurrency 256, as the bench drives it: each answer sends the next request.
+    const concurrency = 256;
+    const total = 2048;
+    /** Per request id: how many groups had been handed to the instance when it was submitted. */
+    const submittedAt: number[] = [];
+    const ran: number[] = [];
+    const origRun = backend.run.bind(backend);
+    backend.run = (feeds: WorkerTensor[]) => {
+      ran.push((feeds[0]?.data as Float32Array)[0] as number);
+      return origRun(feeds);
+    };
+    /** Per request id: the group it ran in (1-based). */
+    const groupOf: number[] = [];
+    const origRunMany = backend.runMany.bind(backend);
+    backend.runMany = (runs: Array<{ feeds: WorkerTensor[]; outputs: string[] }>) => {
+      const group = backend.groups.length + 1;
+      for (const r of runs) groupOf[(r.feeds[0]?.data as Float32Array)[0] as number] = group;
+      return origRunMany(runs);
+    };
+    let next = 0;
+    const inFlight = new Set<Promise<unknown>>();
+    const send = (): void => {
+      if (next >= total) return;
+      const id = next++;
+      submittedAt[id] = backend.groups.length;
+      const p = scheduler.submit(request(1, id)).then(() => {
+        inFlight.delete(p);
+        send();
+      });
+      inFlight.add(p);
+    };
+    for (let i = 0; i < concurrency; i++) send();
+    while (inFlight.size > 0) {
+      await flush();
+      backend.open();
+      await flush();
+    }
+    assert.equal(ran.length, total);
+    assert.deepEqual(
+      ran,
+      Array.from({ length: total }, (_, i) => i),
+      "first in, first run",
+    );
+    assert.ok(Math.max(...backend.groups) <= 32, "at most 32 requests per hand-off");
+    const bound = concurrency / 32 + 1;
+    for (let id = 0; id < total; id++) {
+      const waited = (groupOf[id] ?? 1) - (submittedAt[id] as number);
+      assert.ok(waited <= bound, `request ${id} ran ${waited} groups after it was submitted (bound ${bound})`);
+    }
+    assert.equal(scheduler.pending, 0);
+  });
+
   test("queue delays below and above the timer's millisecond still dispatch a lone request", async () => {
     for (const maxQueueDelayMicros of [200, 3_000]) {
       const backend = new GatedBackend();
