@@ -8,6 +8,7 @@
  * client and service do not share one thread; the baselines and the S3 server run in this
  * process. Everything on loopback, bounded by the sizes and counts below and by
  * BENCH_STORAGE_TIMEOUT_MS (15 minutes by default), after which the bench stops itself.
+ * BENCH_STORAGE_ONLY=s3 (or fs) runs one part only.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
@@ -37,6 +38,8 @@ const MiB = 1024 * 1024;
 const SIZE_MIB = Number(process.env["BENCH_STORAGE_MIB"] ?? 1024);
 const SMALL_OPS = Number(process.env["BENCH_STORAGE_SMALL_OPS"] ?? 5000);
 const TIMEOUT_MS = Number(process.env["BENCH_STORAGE_TIMEOUT_MS"] ?? 15 * 60_000);
+/** "s3" runs only the S3 part (quick iterations on it); "fs" only the folder backend and small objects. */
+const ONLY = process.env["BENCH_STORAGE_ONLY"] ?? "";
 const repoRoot = fileURLToPath(new URL("..", import.meta.url));
 
 async function freePort(): Promise<number> {
@@ -198,69 +201,73 @@ export async function main(): Promise<void> {
   }, TIMEOUT_MS);
   deadline.unref();
   try {
-    // Folder backend.
-    const fsNs = uniqueNamespace("bench");
-    namespaces.push(fsNs);
-    const fsService = await startStorageProcess(
-      serviceEnv(natsUrl, fsNs, join(dir.path, "fs"), { NEARHUB_BLOB_BACKEND: "fs" }),
-    );
-    children.push(fsService.child);
-    const fsClient = createClient(StorageService, `127.0.0.1:${fsService.port}`, {
-      metadata: adminAuth(fsNs),
-      maxMessageBytes: 16 * MiB,
-      timeoutMs: 600_000,
-    });
-
-    const copyMs = await timed(() => pipeline(createReadStream(source), createWriteStream(join(dir.path, "copy.bin"))));
-    await rm(join(dir.path, "copy.bin"));
-    const up = await timedWithCpu(fsService.child.pid, () =>
-      uploadFile(fsClient, source, { sha256, size, chunkSize: CHUNK, parallel: PARALLEL }),
-    );
-    const upMs = up.ms;
-    const down = await timedWithCpu(fsService.child.pid, () =>
-      downloadBlob(fsClient, sha256, size, join(dir.path, "down-fs.bin"), { parallel: PARALLEL }),
-    );
-    const downMs = down.ms;
-    await rm(join(dir.path, "down-fs.bin"));
-    console.log("folder backend (gRPC, verified) vs fs stream copy of the same file:");
-    row("upload", `${mbps(size, upMs).toFixed(0)} MB/s`, `${mbps(size, copyMs).toFixed(0)} MB/s`, copyMs / upMs);
-    row(
-      "download (verified)",
-      `${mbps(size, downMs).toFixed(0)} MB/s`,
-      `${mbps(size, copyMs).toFixed(0)} MB/s`,
-      copyMs / downMs,
-    );
-    const perGiB = (cpu: number) => (cpu / (size / 1024 ** 3)).toFixed(2);
-    console.log(
-      `  storage process CPU: upload ${perGiB(up.cpu)} s/GiB, download ${perGiB(down.cpu)} s/GiB; load ${loadavg()}`,
-    );
-
-    // Small objects on the folder backend vs fs write + read of the same bytes.
-    const small = Array.from({ length: SMALL_OPS }, () => randomBytes(4096));
-    const shas = small.map((b) => createHash("sha256").update(b).digest("hex"));
-    const rawDir = join(dir.path, "raw-small");
-    await mkdir(rawDir);
-    const raw = await rate(async (i) => {
-      await writeFile(join(rawDir, shas[i]!), small[i]!);
-      await readFile(join(rawDir, shas[i]!));
-    });
-    const smallCpu = cpuSeconds(fsService.child.pid);
-    const ops = await rate(async (i) => {
-      await fsClient.putBlob(
-        (async function* () {
-          yield { part: { case: "header" as const, value: { sha256: shas[i]!, size: 4096n } } };
-          yield { part: { case: "chunk" as const, value: small[i]! } };
-        })(),
+    if (ONLY !== "s3") {
+      // Folder backend.
+      const fsNs = uniqueNamespace("bench");
+      namespaces.push(fsNs);
+      const fsService = await startStorageProcess(
+        serviceEnv(natsUrl, fsNs, join(dir.path, "fs"), { NEARHUB_BLOB_BACKEND: "fs" }),
       );
-      for await (const m of fsClient.getBlob({ sha256: shas[i]! })) void m;
-    });
-    console.log("4 KiB PutBlob + GetBlob (one op = both) vs fs writeFile + readFile:");
-    row("ops/s", ops.opsPerSec.toFixed(0), raw.opsPerSec.toFixed(0), ops.opsPerSec / raw.opsPerSec);
-    console.log(
-      `  latency median ${ops.median.toFixed(2)} ms, p99 ${ops.p99.toFixed(2)} ms (baseline ${raw.median.toFixed(2)} / ${raw.p99.toFixed(2)} ms); storage process CPU ${((1000 * (cpuSeconds(fsService.child.pid) - smallCpu)) / SMALL_OPS).toFixed(2)} ms/op; load ${loadavg()}`,
-    );
-    fsClient.$close();
+      children.push(fsService.child);
+      const fsClient = createClient(StorageService, `127.0.0.1:${fsService.port}`, {
+        metadata: adminAuth(fsNs),
+        maxMessageBytes: 16 * MiB,
+        timeoutMs: 600_000,
+      });
 
+      const copyMs = await timed(() =>
+        pipeline(createReadStream(source), createWriteStream(join(dir.path, "copy.bin"))),
+      );
+      await rm(join(dir.path, "copy.bin"));
+      const up = await timedWithCpu(fsService.child.pid, () =>
+        uploadFile(fsClient, source, { sha256, size, chunkSize: CHUNK, parallel: PARALLEL }),
+      );
+      const upMs = up.ms;
+      const down = await timedWithCpu(fsService.child.pid, () =>
+        downloadBlob(fsClient, sha256, size, join(dir.path, "down-fs.bin"), { parallel: PARALLEL }),
+      );
+      const downMs = down.ms;
+      await rm(join(dir.path, "down-fs.bin"));
+      console.log("folder backend (gRPC, verified) vs fs stream copy of the same file:");
+      row("upload", `${mbps(size, upMs).toFixed(0)} MB/s`, `${mbps(size, copyMs).toFixed(0)} MB/s`, copyMs / upMs);
+      row(
+        "download (verified)",
+        `${mbps(size, downMs).toFixed(0)} MB/s`,
+        `${mbps(size, copyMs).toFixed(0)} MB/s`,
+        copyMs / downMs,
+      );
+      const perGiB = (cpu: number) => (cpu / (size / 1024 ** 3)).toFixed(2);
+      console.log(
+        `  storage process CPU: upload ${perGiB(up.cpu)} s/GiB, download ${perGiB(down.cpu)} s/GiB; load ${loadavg()}`,
+      );
+
+      // Small objects on the folder backend vs fs write + read of the same bytes.
+      const small = Array.from({ length: SMALL_OPS }, () => randomBytes(4096));
+      const shas = small.map((b) => createHash("sha256").update(b).digest("hex"));
+      const rawDir = join(dir.path, "raw-small");
+      await mkdir(rawDir);
+      const raw = await rate(async (i) => {
+        await writeFile(join(rawDir, shas[i]!), small[i]!);
+        await readFile(join(rawDir, shas[i]!));
+      });
+      const smallCpu = cpuSeconds(fsService.child.pid);
+      const ops = await rate(async (i) => {
+        await fsClient.putBlob(
+          (async function* () {
+            yield { part: { case: "header" as const, value: { sha256: shas[i]!, size: 4096n } } };
+            yield { part: { case: "chunk" as const, value: small[i]! } };
+          })(),
+        );
+        for await (const m of fsClient.getBlob({ sha256: shas[i]! })) void m;
+      });
+      console.log("4 KiB PutBlob + GetBlob (one op = both) vs fs writeFile + readFile:");
+      row("ops/s", ops.opsPerSec.toFixed(0), raw.opsPerSec.toFixed(0), ops.opsPerSec / raw.opsPerSec);
+      console.log(
+        `  latency median ${ops.median.toFixed(2)} ms, p99 ${ops.p99.toFixed(2)} ms (baseline ${raw.median.toFixed(2)} / ${raw.p99.toFixed(2)} ms); storage process CPU ${((1000 * (cpuSeconds(fsService.child.pid) - smallCpu)) / SMALL_OPS).toFixed(2)} ms/op; load ${loadavg()}`,
+      );
+      fsClient.$close();
+    }
+    if (ONLY === "fs") return;
     // S3 protocol: the service vs the minio client on the same server.
     const bucket = await s3server.createBucket();
     const s3Ns = uniqueNamespace("bench");
