@@ -77,27 +77,24 @@ export async function echoServer(
   });
   const responseMessage = fromBinary(ModelInferResponseSchema, response);
   const streamMessage = fromBinary(ModelStreamInferResponseSchema, streamResponse);
-  const decode = (b: Buffer) => fromBinary(ModelInferRequestSchema, b);
+  // The echo's two methods: the request decoded as the gateway decodes it, the response sent as-is.
+  const method = <R extends typeof ModelInferResponseSchema | typeof ModelStreamInferResponseSchema>(
+    name: string,
+    stream: boolean,
+    responseSchema: R,
+  ) => ({
+    path: `/inference.GRPCInferenceService/${name}`,
+    requestStream: stream,
+    responseStream: stream,
+    requestDeserialize: (b: Buffer) => fromBinary(ModelInferRequestSchema, b),
+    requestSerialize: (m: unknown) => Buffer.from(toBinary(ModelInferRequestSchema, m as never)),
+    responseSerialize: (m: unknown) => Buffer.from(toBinary(responseSchema, m as never)),
+    responseDeserialize: (b: Buffer) => fromBinary(responseSchema, b),
+  });
   server.addService(
     {
-      ModelInfer: {
-        path: "/inference.GRPCInferenceService/ModelInfer",
-        requestStream: false,
-        responseStream: false,
-        requestDeserialize: decode,
-        requestSerialize: (m: unknown) => Buffer.from(toBinary(ModelInferRequestSchema, m as never)),
-        responseSerialize: (m: unknown) => Buffer.from(toBinary(ModelInferResponseSchema, m as never)),
-        responseDeserialize: (b: Buffer) => fromBinary(ModelInferResponseSchema, b),
-      },
-      ModelStreamInfer: {
-        path: "/inference.GRPCInferenceService/ModelStreamInfer",
-        requestStream: true,
-        responseStream: true,
-        requestDeserialize: decode,
-        requestSerialize: (m: unknown) => Buffer.from(toBinary(ModelInferRequestSchema, m as never)),
-        responseSerialize: (m: unknown) => Buffer.from(toBinary(ModelStreamInferResponseSchema, m as never)),
-        responseDeserialize: (b: Buffer) => fromBinary(ModelStreamInferResponseSchema, b),
-      },
+      ModelInfer: method("ModelInfer", false, ModelInferResponseSchema),
+      ModelStreamInfer: method("ModelStreamInfer", true, ModelStreamInferResponseSchema),
     },
     {
       ModelInfer: (_call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) =>

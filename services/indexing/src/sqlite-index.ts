@@ -449,7 +449,7 @@ export class SqliteSearchIndex implements SearchIndex {
   private readonly kindDelta = new Map<number, number>();
   /** The matches a walk keeps (all, when undefined), and how many more index entries it may read. */
   private walking: { keep: Set<number> | undefined; budget: number } | undefined;
-  /** Statements of {@link cached}. */
+  /** Statements of {@link cached}: per-query SQL from a fixed set of shapes (no values in the text). */
   private readonly prepared = new Map<string, Database.Statement>();
   /** Whether the current batch wrote text into `batch_text`, or into `batch_gone`. */
   private textWritten = false;
@@ -914,19 +914,18 @@ export class SqliteSearchIndex implements SearchIndex {
 
   /** No text and no filter: every live document, in sort order, straight from a sort index. */
   private browse(field: SortField, descending: boolean, query: IndexQuery): { hits: IndexHit[]; total: number } {
-    const rows = this.db
-      .prepare(
-        `SELECT ${hitColumns(this.includeFiles)} FROM documents d WHERE d.deleted = 0
+    const rows = this.cached(
+      `SELECT ${hitColumns(this.includeFiles)} FROM documents d WHERE d.deleted = 0
          ORDER BY ${this.orderBy(field, descending)} LIMIT ? OFFSET ?`,
-      )
-      .all(query.limit, query.offset) as Row[];
+      false,
+    ).all(query.limit, query.offset) as Row[];
     const total =
       query.offset === 0 && rows.length < query.limit
         ? rows.length
         : (
-            this.db
-              .prepare(`SELECT count(*) AS n FROM (SELECT 1 FROM documents WHERE deleted = 0 LIMIT ?)`)
-              .get(this.countLimit) as { n: number }
+            this.cached(`SELECT count(*) AS n FROM (SELECT 1 FROM documents WHERE deleted = 0 LIMIT ?)`, false).get(
+              this.countLimit,
+            ) as { n: number }
           ).n;
     return { hits: rows.map(toHit), total };
   }
@@ -1105,8 +1104,8 @@ export class SqliteSearchIndex implements SearchIndex {
       if (walked !== undefined) return { hits: this.rowsOf(walked).map(toHit), total };
       keys = [];
       const range = {
-        lo: this.db.prepare(spec.range[0]).pluck().get() as number | string,
-        hi: this.db.prepare(spec.range[1]).pluck().get() as number | string,
+        lo: this.cached(spec.range[0]).get() as number | string,
+        hi: this.cached(spec.range[1]).get() as number | string,
       };
       const asKeys = (v: number | string) =>
         spec.bucket({
@@ -1137,12 +1136,11 @@ export class SqliteSearchIndex implements SearchIndex {
       }
       return { hits: this.rowsOf(page).map(toHit), total };
     }
-    const rows = this.db
-      .prepare(
-        `SELECT ${hitColumns(this.includeFiles)} FROM documents d WHERE d.rowid IN (SELECT value FROM json_each(?))
+    const rows = this.cached(
+      `SELECT ${hitColumns(this.includeFiles)} FROM documents d WHERE d.rowid IN (SELECT value FROM json_each(?))
          ORDER BY ${this.orderBy(resolved, descending)} LIMIT ? OFFSET ?`,
-      )
-      .all(JSON.stringify(keys.map((k) => k % KEY_SHIFT)), limit, offset) as Row[];
+      false,
+    ).all(JSON.stringify(keys.map((k) => k % KEY_SHIFT)), limit, offset) as Row[];
     return { hits: rows.map(toHit), total };
   }
 
@@ -1286,11 +1284,12 @@ export class SqliteSearchIndex implements SearchIndex {
   }
 
   /** A statement prepared once per SQL text (the sort paths build a few variants). */
-  private cached(sql: string): Database.Statement {
-    let statement = this.prepared.get(sql);
+  private cached(sql: string, pluck = true): Database.Statement {
+    const key = pluck ? `p:${sql}` : `r:${sql}`;
+    let statement = this.prepared.get(key);
     if (!statement) {
-      statement = this.db.prepare(sql).pluck();
-      this.prepared.set(sql, statement);
+      statement = pluck ? this.db.prepare(sql).pluck() : this.db.prepare(sql);
+      this.prepared.set(key, statement);
     }
     return statement;
   }
@@ -1300,18 +1299,17 @@ export class SqliteSearchIndex implements SearchIndex {
     const p = prefix.normalize("NFKC").trim().toLowerCase();
     if (!/[\p{L}\p{N}]/u.test(p)) return [];
     const kindClause = kind === DocumentKind.UNSPECIFIED ? "" : "AND kind = @kind";
-    const rows = this.db
-      .prepare(
-        // Each arm reads at most 1000 keys in order, so a one-letter prefix costs what a long one does.
-        `SELECT id, kind, title FROM (
+    const rows = this.cached(
+      // Each arm reads at most 1000 keys in order, so a one-letter prefix costs what a long one does.
+      `SELECT id, kind, title FROM (
            SELECT * FROM (SELECT id, kind, title, downloads FROM documents INDEXED BY documents_name
              WHERE deleted = 0 AND name_key >= @p AND name_key < @end ${kindClause} ORDER BY name_key LIMIT 1000)
            UNION
            SELECT * FROM (SELECT id, kind, title, downloads FROM documents INDEXED BY documents_short
              WHERE deleted = 0 AND short_key >= @p AND short_key < @end ${kindClause} ORDER BY short_key LIMIT 1000)
          ) ORDER BY downloads DESC, id LIMIT @limit`,
-      )
-      .all({ p, end: prefixEnd(p), kind, limit }) as IndexSuggestion[];
+      false,
+    ).all({ p, end: prefixEnd(p), kind, limit }) as IndexSuggestion[];
     return rows;
   }
 
