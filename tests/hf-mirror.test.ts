@@ -3,6 +3,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { readFile, readdir } from "node:fs/promises";
 import { spawn } from "node:child_process";
 import { request } from "node:http";
+import { connect as connectTcp } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { jetstreamManager } from "@nats-io/jetstream";
@@ -370,6 +371,16 @@ describe("Hugging Face mirror: unmodified clients through the edge", () => {
       headers: { "x-pad": "a".repeat(64 * 1024) },
     });
     assert.equal(huge.status, 431);
+    assert.match((JSON.parse(huge.body.toString()) as { error: string }).error, /headers must total under 16 KiB/);
+    const garbage = await new Promise<string>((resolve, reject) => {
+      const socket = connectTcp(Number(new URL(edgeUrl).port), "127.0.0.1", () => socket.end("NOT HTTP\r\n\r\n"));
+      let answer = "";
+      socket.on("data", (d: Buffer) => (answer += d.toString()));
+      socket.on("end", () => resolve(answer));
+      socket.on("error", reject);
+    });
+    assert.match(garbage, /^HTTP\/1\.1 400 Bad Request/);
+    assert.match(garbage, /"error":"the request is not valid HTTP\/1\.1/);
     await assert.rejects(registry.getRepo({ repo: { kind: RepoKind.MODEL, id: "acme/unknown" } }), /does not exist/);
   });
 

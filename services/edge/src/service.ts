@@ -1,3 +1,4 @@
+import type { Duplex } from "node:stream";
 import type { AddressInfo } from "node:net";
 import { ServiceHost, ServingStatus, auditStream, closeHttp, listenHttp, type Logger } from "@nearhub/platform";
 import { accessRoutes } from "./access-routes.js";
@@ -42,7 +43,7 @@ export async function startEdge(config: EdgeConfig, options: { logger?: Logger }
       h.onStop(() => backends.close());
       const pullThrough = new PullThrough({ backends, config, metrics: h.metrics, logger: h.logger });
       const server = h.tls.createHttpServer(
-        { maxHeaderSize: 16 * 1024, requestTimeout: 300_000, headersTimeout: 15_000 },
+        { maxHeaderSize: MAX_HEADER_BYTES, requestTimeout: 300_000, headersTimeout: 15_000 },
         createRouter(
           [
             ...edgeRoutes(backends, h.metrics, () => h.health.get() === ServingStatus.SERVING),
@@ -75,6 +76,7 @@ export async function startEdge(config: EdgeConfig, options: { logger?: Logger }
           h.access,
         ),
       );
+      server.on("clientError", answerClientError);
       await listenHttp(server, config.NEARHUB_BIND_HOST, config.NEARHUB_HTTP_PORT);
       httpPort = (server.address() as AddressInfo).port;
       h.onStop(() => closeHttp(server));
@@ -115,4 +117,32 @@ export async function startEdge(config: EdgeConfig, options: { logger?: Logger }
     },
   );
   return { host, httpPort, sshPort, stop: () => host.stop() };
+}
+
+/** The most bytes of request line and headers the edge reads (Node's `maxHeaderSize`). */
+const MAX_HEADER_BYTES = 16 * 1024;
+
+/**
+ * Requests Node's HTTP parser refuses before any route sees them: Node's own answer is a bare
+ * status line; this one says what to fix, as JSON like every other error of the edge.
+ */
+function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
+  if (error.code === "ECONNRESET" || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const [status, reason, message] =
+    error.code === "HPE_HEADER_OVERFLOW"
+      ? [
+          431,
+          "Request Header Fields Too Large",
+          `the request line and headers must total under ${MAX_HEADER_BYTES / 1024} KiB; shorten the URL or the headers`,
+        ]
+      : error.code === "ERR_HTTP_REQUEST_TIMEOUT" || error.code === "ERR_HTTP_HEADERS_TIMEOUT"
+        ? [408, "Request Timeout", "the request was not received in time; send it again"]
+        : [400, "Bad Request", `the request is not valid HTTP/1.1 (${error.code ?? "parse error"})`];
+  const body = JSON.stringify({ error: message });
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
 }
