@@ -4,11 +4,16 @@
  * file with fs streams; the same over the S3 protocol, beside the minio client talking to the
  * same S3 server directly (multipart with the same part size and parallelism); and 4 KiB
  * PutBlob + GetBlob operations per second at concurrency 64, beside 4 KiB fs write+read.
+ * The folder-backend figures are also printed beside the same clients talking to bare grpc-js
+ * (bench/storage-echo.ts: the same service definition keeping blobs in memory, no hashing, disk
+ * or events), which is what the transport alone moves on this machine, and the small-object
+ * op is broken down call by call.
  * The storage service runs as its own process (services/storage/src/main.ts, as deployed), so
  * client and service do not share one thread; the baselines and the S3 server run in this
  * process. Everything on loopback, bounded by the sizes and counts below and by
  * BENCH_STORAGE_TIMEOUT_MS (15 minutes by default), after which the bench stops itself.
- * BENCH_STORAGE_ONLY=s3 (or fs) runs one part only.
+ * BENCH_STORAGE_ONLY=s3 (or fs, or small: the small objects alone) runs one part only;
+ * BENCH_STORAGE_SMALL_OPS sets the number of small operations (5000).
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
@@ -21,18 +26,12 @@ import { fileURLToPath } from "node:url";
 import { pipeline } from "node:stream/promises";
 import { createClient } from "@nearhub/platform";
 import { StorageService } from "@nearhub/proto/storage";
-import { downloadBlob, tuneHeapForStreaming, uploadFile } from "@nearhub/storage";
-import {
-  adminAuth,
-  deleteNamespace,
-  eventually,
-  nats,
-  s3,
-  serviceEnv,
-  tempDir,
-  uniqueNamespace,
-} from "@nearhub/testing";
+import { downloadBlob, tuneHeapForStreaming, uploadFile, type StorageClient } from "@nearhub/storage";
+import { adminAuth, deleteNamespace, eventually, nats, serviceEnv, tempDir, uniqueNamespace } from "@nearhub/testing";
 import { Client } from "minio";
+import { BenchChild } from "./bench-child.js";
+import type { EchoMessage } from "./storage-echo.js";
+import type { S3ServerMessage } from "./s3-server.js";
 
 const MiB = 1024 * 1024;
 const SIZE_MIB = Number(process.env["BENCH_STORAGE_MIB"] ?? 1024);
@@ -165,6 +164,52 @@ async function rate(op: (i: number) => Promise<void>): Promise<{ opsPerSec: numb
   return { opsPerSec: (SMALL_OPS / ms) * 1000, median: percentile(latencies, 50), p99: percentile(latencies, 99) };
 }
 
+/** The S3 server, in a process of its own (bench/s3-server.ts). */
+async function s3ServerProcess(): Promise<{
+  endpoint: string;
+  accessKey: string;
+  secretKey: string;
+  region: string;
+  createBucket(): Promise<string>;
+  stop(): Promise<void>;
+}> {
+  const child = await BenchChild.fork<{ type: "stop" }, S3ServerMessage>("the S3 server", "s3-server.ts", {});
+  const ready = child.first;
+  if (ready.type !== "ready") throw new Error("the S3 server did not start");
+  const url = new URL(ready.endpoint);
+  const admin = new Client({
+    endPoint: url.hostname,
+    port: Number(url.port || (url.protocol === "https:" ? 443 : 80)),
+    useSSL: url.protocol === "https:",
+    accessKey: ready.accessKey,
+    secretKey: ready.secretKey,
+    region: ready.region,
+    pathStyle: true,
+  });
+  return {
+    ...ready,
+    async createBucket() {
+      const name = `nearhub-bench-${randomBytes(5).toString("hex")}`;
+      await admin.makeBucket(name, ready.region);
+      return name;
+    },
+    stop: () => child.stop({ type: "stop" }, "stopped"),
+  };
+}
+
+async function putSmall(client: StorageClient, sha256: string, bytes: Uint8Array): Promise<void> {
+  await client.putBlob(
+    (async function* () {
+      yield { part: { case: "header" as const, value: { sha256, size: BigInt(bytes.byteLength) } } };
+      yield { part: { case: "chunk" as const, value: bytes } };
+    })(),
+  );
+}
+
+async function getSmall(client: StorageClient, sha256: string): Promise<void> {
+  for await (const m of client.getBlob({ sha256 })) void m;
+}
+
 function row(label: string, value: string, baseline: string, ratio: number): void {
   console.log(
     `  ${label.padEnd(34)} ${value.padStart(14)}   baseline ${baseline.padStart(14)}   ratio ${ratio.toFixed(2)}`,
@@ -192,7 +237,7 @@ export async function main(): Promise<void> {
   const sha256 = hash.digest("hex");
   const children: ChildProcess[] = [];
   const namespaces: string[] = [];
-  const s3server = await s3();
+  const s3server = await s3ServerProcess();
   // Bounded: whatever hangs, the bench ends.
   const deadline = setTimeout(() => {
     console.error(`storage bench: over ${TIMEOUT_MS} ms (BENCH_STORAGE_TIMEOUT_MS); stopping`);
@@ -215,59 +260,127 @@ export async function main(): Promise<void> {
         timeoutMs: 600_000,
       });
 
-      const copyMs = await timed(() =>
-        pipeline(createReadStream(source), createWriteStream(join(dir.path, "copy.bin"))),
-      );
-      await rm(join(dir.path, "copy.bin"));
-      const up = await timedWithCpu(fsService.child.pid, () =>
-        uploadFile(fsClient, source, { sha256, size, chunkSize: CHUNK, parallel: PARALLEL }),
-      );
-      const upMs = up.ms;
-      const down = await timedWithCpu(fsService.child.pid, () =>
-        downloadBlob(fsClient, sha256, size, join(dir.path, "down-fs.bin"), { parallel: PARALLEL }),
-      );
-      const downMs = down.ms;
-      await rm(join(dir.path, "down-fs.bin"));
-      console.log("folder backend (gRPC, verified) vs fs stream copy of the same file:");
-      row("upload", `${mbps(size, upMs).toFixed(0)} MB/s`, `${mbps(size, copyMs).toFixed(0)} MB/s`, copyMs / upMs);
-      row(
-        "download (verified)",
-        `${mbps(size, downMs).toFixed(0)} MB/s`,
-        `${mbps(size, copyMs).toFixed(0)} MB/s`,
-        copyMs / downMs,
-      );
-      const perGiB = (cpu: number) => (cpu / (size / 1024 ** 3)).toFixed(2);
-      console.log(
-        `  storage process CPU: upload ${perGiB(up.cpu)} s/GiB, download ${perGiB(down.cpu)} s/GiB; load ${loadavg()}`,
-      );
+      // The transport baseline: the same clients against bare grpc-js keeping blobs in memory.
+      const echo = await BenchChild.fork<{ type: "stop" }, EchoMessage>("storage echo", "storage-echo.ts", {
+        env: { STORAGE_ECHO_PRELOAD: source },
+      });
+      if (echo.first.type !== "ready") throw new Error("the storage echo did not start");
+      const echoPid = echo.child.pid;
+      const echoClient = createClient(StorageService, `127.0.0.1:${echo.first.port}`, {
+        maxMessageBytes: 16 * MiB,
+        timeoutMs: 600_000,
+      });
+      try {
+        if (ONLY !== "small") {
+          const copyMs = await timed(() =>
+            pipeline(createReadStream(source), createWriteStream(join(dir.path, "copy.bin"))),
+          );
+          await rm(join(dir.path, "copy.bin"));
+          const upload = (client: StorageClient, pid: number | undefined) =>
+            timedWithCpu(pid, () => uploadFile(client, source, { sha256, size, chunkSize: CHUNK, parallel: PARALLEL }));
+          const download = async (client: StorageClient, pid: number | undefined) => {
+            const t = await timedWithCpu(pid, () =>
+              downloadBlob(client, sha256, size, join(dir.path, "down.bin"), { parallel: PARALLEL }),
+            );
+            await rm(join(dir.path, "down.bin"));
+            return t;
+          };
+          const up = await upload(fsClient, fsService.child.pid);
+          const down = await download(fsClient, fsService.child.pid);
+          const echoUp = await upload(echoClient, echoPid);
+          const echoDown = await download(echoClient, echoPid);
+          console.log("folder backend (gRPC, verified) vs fs stream copy of the same file:");
+          row(
+            "upload",
+            `${mbps(size, up.ms).toFixed(0)} MB/s`,
+            `${mbps(size, copyMs).toFixed(0)} MB/s`,
+            copyMs / up.ms,
+          );
+          row(
+            "download (verified)",
+            `${mbps(size, down.ms).toFixed(0)} MB/s`,
+            `${mbps(size, copyMs).toFixed(0)} MB/s`,
+            copyMs / down.ms,
+          );
+          console.log("  the same vs the same client and bare grpc-js keeping the blob in memory (transport alone):");
+          row(
+            "upload",
+            `${mbps(size, up.ms).toFixed(0)} MB/s`,
+            `${mbps(size, echoUp.ms).toFixed(0)} MB/s`,
+            echoUp.ms / up.ms,
+          );
+          row(
+            "download",
+            `${mbps(size, down.ms).toFixed(0)} MB/s`,
+            `${mbps(size, echoDown.ms).toFixed(0)} MB/s`,
+            echoDown.ms / down.ms,
+          );
+          const perGiB = (cpu: number) => (cpu / (size / 1024 ** 3)).toFixed(2);
+          console.log(
+            `  server CPU: storage upload ${perGiB(up.cpu)} s/GiB, download ${perGiB(down.cpu)} s/GiB; bare grpc-js ${perGiB(echoUp.cpu)} / ${perGiB(echoDown.cpu)} s/GiB; load ${loadavg()}`,
+          );
+        }
 
-      // Small objects on the folder backend vs fs write + read of the same bytes.
-      const small = Array.from({ length: SMALL_OPS }, () => randomBytes(4096));
-      const shas = small.map((b) => createHash("sha256").update(b).digest("hex"));
-      const rawDir = join(dir.path, "raw-small");
-      await mkdir(rawDir);
-      const raw = await rate(async (i) => {
-        await writeFile(join(rawDir, shas[i]!), small[i]!);
-        await readFile(join(rawDir, shas[i]!));
-      });
-      const smallCpu = cpuSeconds(fsService.child.pid);
-      const ops = await rate(async (i) => {
-        await fsClient.putBlob(
-          (async function* () {
-            yield { part: { case: "header" as const, value: { sha256: shas[i]!, size: 4096n } } };
-            yield { part: { case: "chunk" as const, value: small[i]! } };
-          })(),
+        // Small objects on the folder backend vs fs write + read of the same bytes, and vs the
+        // same calls to bare grpc-js.
+        const small = Array.from({ length: SMALL_OPS }, () => randomBytes(4096));
+        const shas = small.map((b) => createHash("sha256").update(b).digest("hex"));
+        const rawDir = join(dir.path, "raw-small");
+        await mkdir(rawDir);
+        const raw = await rate(async (i) => {
+          await writeFile(join(rawDir, shas[i]!), small[i]!);
+          await readFile(join(rawDir, shas[i]!));
+        });
+        const measured = async (pid: number | undefined, op: (i: number) => Promise<void>) => {
+          const before = cpuSeconds(pid);
+          const r = await rate(op);
+          return { ...r, cpuMs: (1000 * (cpuSeconds(pid) - before)) / SMALL_OPS };
+        };
+        const smallOp = (client: StorageClient) => async (i: number) => {
+          await putSmall(client, shas[i]!, small[i]!);
+          await getSmall(client, shas[i]!);
+        };
+        // Unmeasured first: both servers (and this client) run the op's code hot, not its first
+        // compilation, in the rows below. Blobs of their own, so the measured puts are new.
+        const warm = Array.from({ length: Math.min(SMALL_OPS, 1000) }, () => randomBytes(4096));
+        const warmShas = warm.map((b) => createHash("sha256").update(b).digest("hex"));
+        for (const client of [fsClient, echoClient]) {
+          await rate(async (i) => {
+            if (i >= warm.length) return;
+            await putSmall(client, warmShas[i]!, warm[i]!);
+            await getSmall(client, warmShas[i]!);
+          });
+        }
+        const ops = await measured(fsService.child.pid, smallOp(fsClient));
+        const echoOps = await measured(echoPid, smallOp(echoClient));
+        console.log("4 KiB PutBlob + GetBlob (one op = both) vs fs writeFile + readFile, and vs bare grpc-js:");
+        row("ops/s", ops.opsPerSec.toFixed(0), raw.opsPerSec.toFixed(0), ops.opsPerSec / raw.opsPerSec);
+        row("ops/s", ops.opsPerSec.toFixed(0), echoOps.opsPerSec.toFixed(0), ops.opsPerSec / echoOps.opsPerSec);
+        console.log(
+          `  latency median ${ops.median.toFixed(2)} ms, p99 ${ops.p99.toFixed(2)} ms (fs ${raw.median.toFixed(2)} / ${raw.p99.toFixed(2)} ms, bare grpc-js ${echoOps.median.toFixed(2)} / ${echoOps.p99.toFixed(2)} ms); server CPU ${ops.cpuMs.toFixed(3)} ms/op (bare grpc-js ${echoOps.cpuMs.toFixed(3)}); load ${loadavg()}`,
         );
-        for await (const m of fsClient.getBlob({ sha256: shas[i]! })) void m;
-      });
-      console.log("4 KiB PutBlob + GetBlob (one op = both) vs fs writeFile + readFile:");
-      row("ops/s", ops.opsPerSec.toFixed(0), raw.opsPerSec.toFixed(0), ops.opsPerSec / raw.opsPerSec);
-      console.log(
-        `  latency median ${ops.median.toFixed(2)} ms, p99 ${ops.p99.toFixed(2)} ms (baseline ${raw.median.toFixed(2)} / ${raw.p99.toFixed(2)} ms); storage process CPU ${((1000 * (cpuSeconds(fsService.child.pid) - smallCpu)) / SMALL_OPS).toFixed(2)} ms/op; load ${loadavg()}`,
-      );
-      fsClient.$close();
+        const fresh = Array.from({ length: SMALL_OPS }, () => randomBytes(4096));
+        const freshShas = fresh.map((b) => createHash("sha256").update(b).digest("hex"));
+        console.log("  where an op's time goes (each call alone, same concurrency):");
+        const parts: Array<[string, (i: number) => Promise<void>]> = [
+          ["PutBlob, new", (i) => putSmall(fsClient, freshShas[i]!, fresh[i]!)],
+          ["PutBlob, already stored", (i) => putSmall(fsClient, shas[i]!, small[i]!)],
+          ["GetBlob", (i) => getSmall(fsClient, shas[i]!)],
+          ["empty call (HasBlobs [])", async () => void (await fsClient.hasBlobs({ sha256: [] }))],
+        ];
+        for (const [label, op] of parts) {
+          const r = await measured(fsService.child.pid, op);
+          console.log(
+            `  ${label.padEnd(28)} ${r.opsPerSec.toFixed(0).padStart(7)} /s  median ${r.median.toFixed(2)} ms  p99 ${r.p99.toFixed(2)} ms  server CPU ${r.cpuMs.toFixed(3)} ms/call`,
+          );
+        }
+      } finally {
+        echoClient.$close();
+        fsClient.$close();
+        await echo.stop({ type: "stop" }, "stopped");
+      }
     }
-    if (ONLY === "fs") return;
+    if (ONLY === "fs" || ONLY === "small") return;
     // S3 protocol: the service vs the minio client on the same server.
     const bucket = await s3server.createBucket();
     const s3Ns = uniqueNamespace("bench");
@@ -299,52 +412,75 @@ export async function main(): Promise<void> {
     });
     // Direct: the same multipart shape (part size, parallelism) straight from the minio client.
     const directKey = "direct/blob.bin";
-    const directUpMs = await timed(async () => {
-      const uploadId = await minio.initiateNewMultipartUpload(bucket, directKey, {});
-      const handle = await open(source, "r");
-      const parts: Array<{ part: number; etag: string }> = [];
-      const todo = Array.from({ length: Math.ceil(size / CHUNK) }, (_, i) => i);
-      await Promise.all(
-        Array.from({ length: PARALLEL }, async () => {
-          for (let i = todo.shift(); i !== undefined; i = todo.shift()) {
-            const length = Math.min(CHUNK, size - i * CHUNK);
-            const buffer = Buffer.allocUnsafe(length);
-            await handle.read(buffer, 0, length, i * CHUNK);
-            const { etag } = await minio.uploadPart(
-              {
-                bucketName: bucket,
-                objectName: directKey,
-                uploadID: uploadId,
-                partNumber: i + 1,
-                headers: { "Content-Length": String(length) },
-              },
-              buffer,
-            );
-            parts.push({ part: i + 1, etag });
-          }
-        }),
+    const direct = async () => {
+      const up = await timed(async () => {
+        const uploadId = await minio.initiateNewMultipartUpload(bucket, directKey, {});
+        const handle = await open(source, "r");
+        const parts: Array<{ part: number; etag: string }> = [];
+        const todo = Array.from({ length: Math.ceil(size / CHUNK) }, (_, i) => i);
+        await Promise.all(
+          Array.from({ length: PARALLEL }, async () => {
+            for (let i = todo.shift(); i !== undefined; i = todo.shift()) {
+              const length = Math.min(CHUNK, size - i * CHUNK);
+              const buffer = Buffer.allocUnsafe(length);
+              await handle.read(buffer, 0, length, i * CHUNK);
+              const { etag } = await minio.uploadPart(
+                {
+                  bucketName: bucket,
+                  objectName: directKey,
+                  uploadID: uploadId,
+                  partNumber: i + 1,
+                  headers: { "Content-Length": String(length) },
+                },
+                buffer,
+              );
+              parts.push({ part: i + 1, etag });
+            }
+          }),
+        );
+        await handle.close();
+        await minio.completeMultipartUpload(
+          bucket,
+          directKey,
+          uploadId,
+          parts.sort((a, b) => a.part - b.part),
+        );
+      });
+      const down = await timed(async () => {
+        const stream = await minio.getObject(bucket, directKey);
+        await pipeline(stream, createWriteStream(join(dir.path, "down-direct.bin")));
+      });
+      await rm(join(dir.path, "down-direct.bin"));
+      await minio.removeObject(bucket, directKey);
+      return { up, down };
+    };
+    // The service keeps the blob under its sha256 (s3-blob-store.ts's layout); removed after each
+    // run, so the next one uploads it again into a server holding as much as before.
+    const blobKey = `sha256/${sha256.slice(0, 2)}/${sha256.slice(2, 4)}/${sha256}`;
+    const service = async () => {
+      const up = await timed(() =>
+        uploadFile(s3Client, source, { sha256, size, chunkSize: CHUNK, parallel: PARALLEL }),
       );
-      await handle.close();
-      await minio.completeMultipartUpload(
-        bucket,
-        directKey,
-        uploadId,
-        parts.sort((a, b) => a.part - b.part),
+      const down = await timed(() =>
+        downloadBlob(s3Client, sha256, size, join(dir.path, "down-s3.bin"), { parallel: PARALLEL }),
       );
-    });
-    const directDownMs = await timed(async () => {
-      const stream = await minio.getObject(bucket, directKey);
-      await pipeline(stream, createWriteStream(join(dir.path, "down-direct.bin")));
-    });
-    await rm(join(dir.path, "down-direct.bin"));
-    const s3UpMs = await timed(() =>
-      uploadFile(s3Client, source, { sha256, size, chunkSize: CHUNK, parallel: PARALLEL }),
+      await rm(join(dir.path, "down-s3.bin"));
+      await minio.removeObject(bucket, blobKey);
+      return { up, down };
+    };
+    // A, B, B, A: an S3 server slows as it fills and warms, so each side gets an early and a
+    // late turn, and the ratio is of the totals.
+    const runs = { direct: [await direct()], service: [await service()] };
+    runs.service.push(await service());
+    runs.direct.push(await direct());
+    const total = (r: Array<{ up: number; down: number }>, k: "up" | "down") => r.reduce((n, x) => n + x[k], 0);
+    const directUpMs = total(runs.direct, "up") / 2;
+    const directDownMs = total(runs.direct, "down") / 2;
+    const s3UpMs = total(runs.service, "up") / 2;
+    const s3DownMs = total(runs.service, "down") / 2;
+    console.log(
+      `S3 protocol (${s3server.endpoint}, its own process) through storage vs the minio client directly (mean of 2 runs each, A B B A):`,
     );
-    const s3DownMs = await timed(() =>
-      downloadBlob(s3Client, sha256, size, join(dir.path, "down-s3.bin"), { parallel: PARALLEL }),
-    );
-    await rm(join(dir.path, "down-s3.bin"));
-    console.log(`S3 protocol (${s3server.endpoint}) through storage vs the minio client directly:`);
     row(
       "upload (verified, committed)",
       `${mbps(size, s3UpMs).toFixed(0)} MB/s`,
@@ -357,7 +493,11 @@ export async function main(): Promise<void> {
       `${mbps(size, directDownMs).toFixed(0)} MB/s`,
       directDownMs / s3DownMs,
     );
-    console.log(`  load ${loadavg()}`);
+    const each = (r: Array<{ up: number; down: number }>) =>
+      r.map((x) => `${mbps(size, x.up).toFixed(0)}/${mbps(size, x.down).toFixed(0)}`).join(", ");
+    console.log(
+      `  runs, upload/download MB/s: storage ${each(runs.service)}; minio client ${each(runs.direct)}; load ${loadavg()}`,
+    );
     s3Client.$close();
   } finally {
     clearTimeout(deadline);

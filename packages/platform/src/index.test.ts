@@ -52,6 +52,7 @@ describe("@nearhub/platform public API", () => {
       "Outcome",
       "PermanentError",
       "RpcServer",
+      "widenFlowControlWindows",
       "ServiceHost",
       "ServiceMetrics",
       "ServingStatus",

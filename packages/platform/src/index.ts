@@ -21,7 +21,7 @@ export { Names } from "./names.js";
 export { createClient } from "./rpc-client.js";
 export type { ClientOptions } from "./rpc-client.js";
 export { methodDefinition, methodPath, serviceDefinition } from "./rpc-definition.js";
-export { RpcServer } from "./rpc-server.js";
+export { RpcServer, widenFlowControlWindows } from "./rpc-server.js";
 export type {
   AddServiceOptions,
   Authenticate,

@@ -453,9 +453,10 @@ const SERVER_WINDOW = 16 * 1024 * 1024;
  * throttles large client-streamed uploads to one flow-control round trip per 64 KiB. Raise the
  * per-stream window in the SETTINGS it sends and the connection window of each new session; and
  * turn Nagle off on each accepted connection.
- * Uses grpc-js internals (1.14); if they change, the server keeps the defaults.
+ * Uses grpc-js internals (1.14); if they change, the server keeps the defaults. Exported for
+ * benchmarks whose bare grpc-js baselines must move bytes under the same windows.
  */
-function widenFlowControlWindows(server: grpc.Server): void {
+export function widenFlowControlWindows(server: grpc.Server): void {
   const internals = server as unknown as {
     commonServerOptions?: http2.ServerOptions;
     createHttp2Server?: (credentials: unknown) => http2.Http2Server;

@@ -13,8 +13,16 @@ export interface BlobStore {
    * otherwise. `created` is false when the blob already existed.
    */
   put(expected: BlobStat, chunks: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<{ created: boolean }>;
-  /** Streams `length` bytes (to the end when undefined) from `offset`. */
-  get(sha256: string, offset: number, length: number | undefined): AsyncIterable<Uint8Array>;
+  /**
+   * Streams `length` bytes (to the end when undefined) from `offset`. `fromDisk` reads the
+   * stored bytes themselves, never a copy held in memory (scrub checks what is on disk).
+   */
+  get(
+    sha256: string,
+    offset: number,
+    length: number | undefined,
+    options?: { fromDisk?: boolean },
+  ): AsyncIterable<Uint8Array>;
   /** Throws when the backend cannot be used (folder not writable, bucket unreachable). */
   check(): Promise<void>;
 
@@ -22,6 +30,14 @@ export interface BlobStore {
   // replica, or this one after a restart, can continue the upload.
   /** Prepares backend state for a chunked upload of `size` bytes. */
   beginChunked(sessionId: string, size: number): Promise<ChunkedHandle>;
+  /**
+   * Prepares a chunked upload that assembles straight under the blob's own key (S3: a
+   * multipart upload of the content key), saving the copy from a temporary object. Its parts
+   * cannot be read back, so {@link completeChunked} takes such a handle only with `received`,
+   * the in-order digest of the very parts; a session that lost that digest starts over with
+   * {@link beginChunked}. Absent when the backend can read a chunked upload back cheaply (fs).
+   */
+  beginDirect?(sessionId: string, expected: BlobStat): Promise<ChunkedHandle>;
   /**
    * Stores one chunk (already verified; `sha256` is its digest) at `offset`; returns its S3 part
    * etag ("" on fs).

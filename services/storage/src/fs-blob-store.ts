@@ -16,10 +16,23 @@ import {
 import { dirname, join } from "node:path";
 import { Code, NearhubError } from "@nearhub/platform";
 import { alignedBuffer } from "./aligned-memory.js";
+import { BlobPack } from "./blob-pack.js";
 import { SHA256, type BlobStat, type BlobStore, type ChunkPart, type ChunkedHandle } from "./blob-store.js";
+import { GroupSync } from "./group-sync.js";
+import { HotBlobs } from "./hot-blobs.js";
+
+export { GroupSync } from "./group-sync.js";
 
 /** Blobs up to this size are taken whole in memory by {@link FsBlobStore.put}. */
 const SMALL_BLOB = 1024 * 1024;
+/**
+ * Blobs up to this size are records in pack files (see {@link BlobPack}) rather than files of
+ * their own: below it a file's creation, not its bytes, is most of what storing one costs.
+ */
+const PACKED_BLOB = 64 * 1024;
+
+/** Memory for copies of hot packed blobs (see {@link HotBlobs}); the constructor can change it. */
+const HOT_CACHE_BYTES = 64 * 1024 * 1024;
 
 /**
  * O_DIRECT's unit: offsets, lengths and memory addresses of direct writes are multiples of it
@@ -59,45 +72,21 @@ async function exists(path: string): Promise<boolean> {
 }
 
 /**
- * Group commit of fsyncs per key (a folder): a caller waits for a sync that starts after its
- * call, and every caller that arrives while one is running shares the next one.
- */
-export class GroupSync {
-  private readonly state = new Map<string, { running: Promise<void>; queued?: Promise<void> }>();
-
-  constructor(private readonly syncOnce: (key: string) => Promise<void>) {}
-
-  sync(key: string): Promise<void> {
-    const entry = this.state.get(key);
-    if (!entry) return this.start(key);
-    // The running sync may have begun before the caller's change: wait for the next one.
-    entry.queued ??= entry.running.then(
-      () => this.start(key),
-      () => this.start(key),
-    );
-    return entry.queued;
-  }
-
-  private start(key: string): Promise<void> {
-    const entry: { running: Promise<void>; queued?: Promise<void> } = { running: Promise.resolve() };
-    entry.running = this.syncOnce(key).finally(() => {
-      if (this.state.get(key) === entry && entry.queued === undefined) this.state.delete(key);
-    });
-    this.state.set(key, entry);
-    return entry.running;
-  }
-}
-
-/**
  * Blobs in a local folder: `sha256/ab/cd/<sha256>`. An upload is written to `tmp/`, hashed as
  * it arrives, fsynced, and linked into place only when sha256 and size match, so a reader
- * never sees a partial or wrong blob and a crash leaves only a temporary file behind.
+ * never sees a partial or wrong blob and a crash leaves only a temporary file behind. Blobs up
+ * to {@link PACKED_BLOB} bytes are instead records in `packs/` (see {@link BlobPack}); blobs
+ * stored as files by earlier versions stay readable where they are.
  */
 export class FsBlobStore implements BlobStore {
   /** Fan-out folders known to exist (each mkdir is a thread-pool round trip). */
   private readonly dirs = new Set<string>();
   /** False once the filesystem refused O_DIRECT, or where the platform has none. */
   private direct: boolean;
+  /** The pack log of small blobs, opened (its index built) on first use. */
+  private packOpening: Promise<BlobPack> | undefined;
+  /** Copies of recently written and read packed blobs (see {@link HotBlobs}). */
+  private readonly hot: HotBlobs;
 
   /**
    * `directIo` (default true) lets large chunk writes and reads bypass the page cache with
@@ -105,9 +94,10 @@ export class FsBlobStore implements BlobStore {
    */
   constructor(
     private readonly root: string,
-    options: { directIo?: boolean } = {},
+    options: { directIo?: boolean; hotCacheBytes?: number } = {},
   ) {
     this.direct = (options.directIo ?? true) && constants.O_DIRECT !== undefined;
+    this.hot = new HotBlobs(options.hotCacheBytes ?? HOT_CACHE_BYTES, PACKED_BLOB);
   }
 
   /** Folder fsyncs, shared by the puts that wait on the same folder at the same time. */
@@ -172,6 +162,38 @@ export class FsBlobStore implements BlobStore {
     this.dirs.add(dir);
   }
 
+  /** The pack log once open: the hot paths skip awaiting {@link pack}. */
+  private packed: BlobPack | undefined;
+
+  private pack(): Promise<BlobPack> {
+    if (!this.packOpening) {
+      const pack = new BlobPack(join(this.root, "packs"));
+      const opening = pack.open().then(() => (this.packed = pack));
+      this.packOpening = opening;
+      // A failed open (folder not writable yet) is tried again by the next caller.
+      opening.catch(() => {
+        if (this.packOpening === opening) this.packOpening = undefined;
+      });
+    }
+    return this.packOpening;
+  }
+
+  /**
+   * Reclaims the space of removed small blobs: packs mostly removed are rewritten (see
+   * {@link BlobPack.compact}). Returns how many packs went.
+   */
+  async compact(): Promise<number> {
+    return (await this.pack()).compact();
+  }
+
+  /** Seals the active pack and closes its descriptors (tests, shutdown); later calls reopen. */
+  async close(): Promise<void> {
+    const opening = this.packOpening;
+    this.packOpening = undefined;
+    this.packed = undefined;
+    if (opening) await (await opening.catch(() => undefined))?.close();
+  }
+
   private pathOf(sha256: string): string {
     return join(this.root, "sha256", sha256.slice(0, 2), sha256.slice(2, 4), sha256);
   }
@@ -184,6 +206,8 @@ export class FsBlobStore implements BlobStore {
     await mkdir(join(this.root, "tmp"), { recursive: true });
     // Chunked uploads live in uploads/ and survive restarts; sessions expire and remove theirs.
     await mkdir(join(this.root, "uploads"), { recursive: true });
+    // Builds the small blobs' index now rather than on the first call.
+    await this.pack();
   }
 
   private uploadPath(handle: ChunkedHandle): string {
@@ -362,6 +386,8 @@ export class FsBlobStore implements BlobStore {
   }
 
   async *list(): AsyncIterable<BlobStat & { modifiedAt: number }> {
+    const pack = await this.pack();
+    yield* await pack.entries();
     const base = join(this.root, "sha256");
     let top;
     try {
@@ -375,7 +401,8 @@ export class FsBlobStore implements BlobStore {
       for await (const b of await opendir(join(base, a.name))) {
         if (!b.isDirectory()) continue;
         for await (const f of await opendir(join(base, a.name, b.name))) {
-          if (!SHA256.test(f.name)) continue;
+          // A small blob stored as a file by an earlier version and packed since: listed once.
+          if (!SHA256.test(f.name) || pack.has(f.name)) continue;
           const s = await stat(join(base, a.name, b.name, f.name)).catch(() => undefined);
           if (s) yield { sha256: f.name, size: s.size, modifiedAt: s.mtimeMs };
         }
@@ -384,20 +411,28 @@ export class FsBlobStore implements BlobStore {
   }
 
   async remove(sha256: string): Promise<boolean> {
+    this.hot.delete(sha256);
+    const packed = await (await this.pack()).remove(sha256);
     const path = this.pathOf(sha256);
-    if (!(await this.stat(sha256))) return false;
+    if (!(await exists(path))) return packed;
     await rm(path, { force: true });
     return true;
   }
 
+  /** From the pack index, else the blob's file, else the index after a rescan of the packs. */
   async stat(sha256: string): Promise<BlobStat | undefined> {
+    const pack = this.packed ?? (await this.pack());
+    const packed = pack.current() ? pack.entry(sha256) : await pack.lookup(sha256);
+    if (packed) return { sha256, size: packed.size };
     try {
       const s = await stat(this.pathOf(sha256));
       return { sha256, size: s.size };
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-      throw error;
+      if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
     }
+    // Another replica may have packed it since this one last looked.
+    const found = await pack.find(sha256);
+    return found ? { sha256, size: found.size } : undefined;
   }
 
   async put(
@@ -486,6 +521,13 @@ export class FsBlobStore implements BlobStore {
         `sha256 mismatch: declared ${expected.sha256}, received ${actual}; nothing was stored`,
       );
     }
+    if (size <= PACKED_BLOB) {
+      const bytes = parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
+      const result = await (this.packed ?? (await this.pack())).put(expected.sha256, bytes);
+      // Verified and durable: a read soon after (the usual case) needs no I/O.
+      this.hot.set(expected.sha256, bytes);
+      return result;
+    }
     // A blob already stored (content-addressed: same sha, same bytes) costs one stat, not a
     // write and an fdatasync that the link would then refuse.
     const target = this.pathOf(expected.sha256);
@@ -520,7 +562,43 @@ export class FsBlobStore implements BlobStore {
     }
   }
 
-  async *get(sha256: string, offset: number, length: number | undefined): AsyncIterable<Uint8Array> {
+  /** A rescanned pack entry for a blob that has no file; undefined when it has one. */
+  private async missing(pack: BlobPack, sha256: string) {
+    return (await exists(this.pathOf(sha256))) ? undefined : pack.find(sha256);
+  }
+
+  async *get(
+    sha256: string,
+    offset: number,
+    length: number | undefined,
+    options: { fromDisk?: boolean } = {},
+  ): AsyncIterable<Uint8Array> {
+    const cached = options.fromDisk ? undefined : this.hot.get(sha256);
+    if (cached) {
+      const end = length === undefined ? cached.byteLength : Math.min(cached.byteLength, offset + length);
+      if (end > offset) yield cached.subarray(offset, end);
+      return;
+    }
+    const pack = this.packed ?? (await this.pack());
+    // The caller usually stat()ed just before, so a blob packed by another replica is known.
+    const packed =
+      (pack.current() ? pack.entry(sha256) : await pack.lookup(sha256)) ?? (await this.missing(pack, sha256));
+    if (packed) {
+      let bytes;
+      try {
+        bytes = await pack.read(packed, offset, length ?? packed.size - offset);
+      } catch (error) {
+        // Its pack was compacted away between the lookup and the read: read the copy.
+        const moved = (error as NodeJS.ErrnoException).code === "ENOENT" ? await pack.find(sha256) : undefined;
+        if (!moved) throw error;
+        bytes = await pack.read(moved, offset, length ?? moved.size - offset);
+      }
+      // A whole blob read from disk goes into the cache; a scrub's read (fromDisk) does not vouch
+      // for it, so it does not, and a range is not the blob.
+      if (!options.fromDisk && offset === 0 && bytes.byteLength === packed.size) this.hot.set(sha256, bytes);
+      if (bytes.byteLength > 0) yield bytes;
+      return;
+    }
     if (length !== undefined && length <= SMALL_BLOB) {
       // One read instead of a stream: three thread-pool calls rather than four or more.
       const file = await open(this.pathOf(sha256), "r");

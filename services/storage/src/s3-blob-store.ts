@@ -1,7 +1,7 @@
 import { createHash, randomUUID } from "node:crypto";
 import http from "node:http";
 import https from "node:https";
-import { Readable } from "node:stream";
+import type { Readable } from "node:stream";
 import { Code, NearhubError, silentLogger, type Logger } from "@nearhub/platform";
 import { Client, CopyDestinationOptions, CopySourceOptions, S3Error } from "minio";
 import { SHA256, type BlobStat, type BlobStore, type ChunkPart, type ChunkedHandle } from "./blob-store.js";
@@ -15,6 +15,11 @@ const MAX_OBJECT = 5 * 1024 ** 4;
 const STALE_TMP_MS = 24 * 60 * 60 * 1000;
 /** The longest presigned URL S3 signs (SigV4): seven days. */
 const MAX_PRESIGN_SECONDS = 7 * 24 * 60 * 60;
+/**
+ * Blobs up to this size are put whole, in one PUT to their key, after they were hashed in
+ * memory (the minio client held such a blob whole anyway); larger ones as a multipart upload.
+ */
+const SINGLE_PUT_MAX = 64 * 1024 * 1024;
 
 /** Options of {@link S3BlobStore}. */
 export interface S3BlobStoreOptions extends S3Settings {
@@ -25,15 +30,25 @@ export interface S3BlobStoreOptions extends S3Settings {
 }
 
 /**
- * Blobs in an S3 bucket (MinIO, AWS, any S3 protocol server): `sha256/ab/cd/<sha256>`. An
- * upload streams to `tmp/<uuid>` while being hashed, and is copied server-side to its key
- * only when sha256 and size match, so a reader never sees a partial or wrong blob; a crash
- * leaves only a temporary object, which {@link check} at the next start-up removes once it is
- * a day old.
+ * Blobs in an S3 bucket (MinIO, AWS, any S3 protocol server): `sha256/ab/cd/<sha256>`. Nothing
+ * appears under a key before its bytes were verified against the declared sha256 and size:
+ * - a blob of up to 64 MiB is received whole into memory, hashed, and only then PUT to its key;
+ * - a larger {@link put} streams as a multipart upload of its key while being hashed, completed
+ *   (which makes the whole object visible at once) only when sha256 and size match;
+ * - a chunked upload started with {@link beginDirect} is a multipart upload of the key itself:
+ *   S3 shows nothing of it until CompleteMultipartUpload, which makes the whole object visible
+ *   at once, and {@link completeChunked} issues that only once the in-order digest of the very
+ *   parts (pinned by their etags) equals the declared one. This saves the copy of the whole
+ *   blob inside the S3 server that a temporary key costs (2 to 2.5 s of a 1 GiB upload on
+ *   s3rver, a sixth of it, and the same again in disk writes; a real copy on MinIO too), and the
+ *   temporary object's removal. {@link beginChunked} keeps the temporary key for sessions that
+ *   must be verified by reading the assembled object back.
+ * A crash leaves only a temporary object, which {@link check} at the next start-up removes once
+ * it is a day old, or parts of an unfinished multipart upload (only an abort, or a bucket
+ * lifecycle rule, frees those).
  *
- * Memory per upload, held by the minio client: a blob of up to 64 MiB whole (it is sent in one
- * PUT); for larger blobs up to three parts (the one being sent, one ready, one filling) of
- * 64 MiB, more for blobs over 640 GB. Never the whole of a large blob.
+ * Memory per {@link put}: a blob of up to 64 MiB whole; for larger blobs up to three parts (two
+ * being sent, one filling) of 64 MiB, more for blobs over 640 GB. Never the whole of a large blob.
  */
 export class S3BlobStore implements BlobStore {
   private readonly client: Client;
@@ -108,73 +123,169 @@ export class S3BlobStore implements BlobStore {
         `a blob of ${expected.size} bytes is over the 5 TiB S3 object limit; nothing was stored`,
       );
     }
-    const tmp = `tmp/${randomUUID()}`;
-    // Why the bytes were refused. minio's multipart upload does not listen for errors of its
-    // body (it would wait forever), so the body ends cleanly and this is thrown once S3 settled.
-    let refused: NearhubError | undefined;
-    const verified = (async function* (): AsyncGenerator<Uint8Array> {
-      const hash = createHash("sha256");
-      let received = 0;
-      try {
-        for await (const chunk of chunks) {
-          signal?.throwIfAborted();
-          received += chunk.byteLength;
-          if (received > expected.size) {
-            throw new NearhubError(
-              Code.InvalidArgument,
-              `upload is larger than the declared ${expected.size} bytes; nothing was stored`,
-            );
-          }
-          hash.update(chunk);
-          yield chunk;
-        }
-        signal?.throwIfAborted();
-        if (received !== expected.size) {
-          throw new NearhubError(
-            Code.InvalidArgument,
-            `upload has ${received} bytes but declared ${expected.size}; nothing was stored`,
-          );
-        }
-        const actual = hash.digest("hex");
-        if (actual !== expected.sha256) {
-          throw new NearhubError(
-            Code.InvalidArgument,
-            `sha256 mismatch: declared ${expected.sha256}, received ${actual}; nothing was stored`,
-          );
-        }
-      } catch (error) {
-        refused = NearhubError.from(error);
-      }
-    })();
-    let etag: string;
-    try {
-      ({ etag } = await this.upload(tmp, expected.size, verified));
-    } catch (error) {
-      await this.discard(tmp, expected.size);
-      throw refused ?? this.fail(error, `uploading blob ${expected.sha256} to ${tmp}`);
-    }
-    if (refused !== undefined) {
-      await this.discard(tmp, expected.size);
-      throw refused;
-    }
-    return this.oneAtATime(expected.sha256, () => this.publish(expected, tmp, etag));
+    return expected.size <= SINGLE_PUT_MAX
+      ? this.putWhole(expected, chunks, signal)
+      : this.putParts(expected, chunks, signal);
   }
 
-  /** Streams `bytes` (declared to be `size` long) to the object `key`. */
-  private async upload(key: string, size: number, bytes: AsyncGenerator<Uint8Array>): Promise<{ etag: string }> {
-    if (size === 0) {
-      // minio sends an empty object without reading its body; read the caller's chunks here,
-      // where any byte is one too many.
-      for await (const chunk of bytes) void chunk;
-      return this.client.putObject(this.bucket, key, Buffer.alloc(0), 0);
+  /**
+   * Receives a blob of at most {@link SINGLE_PUT_MAX} into memory, verifies it, and PUTs it to
+   * its key unless it is there already: one request, no temporary object and no copy.
+   */
+  private async putWhole(
+    expected: BlobStat,
+    chunks: AsyncIterable<Uint8Array>,
+    signal?: AbortSignal,
+  ): Promise<{ created: boolean }> {
+    const body = Buffer.allocUnsafe(expected.size);
+    const hash = createHash("sha256");
+    let received = 0;
+    for await (const chunk of chunks) {
+      signal?.throwIfAborted();
+      if (received + chunk.byteLength > expected.size) {
+        throw new NearhubError(
+          Code.InvalidArgument,
+          `upload is larger than the declared ${expected.size} bytes; nothing was stored`,
+        );
+      }
+      body.set(chunk, received);
+      received += chunk.byteLength;
+      hash.update(chunk);
     }
-    const body = Readable.from(bytes, { objectMode: false });
+    signal?.throwIfAborted();
+    if (received !== expected.size) {
+      throw new NearhubError(
+        Code.InvalidArgument,
+        `upload has ${received} bytes but declared ${expected.size}; nothing was stored`,
+      );
+    }
+    const actual = hash.digest("hex");
+    if (actual !== expected.sha256) {
+      throw new NearhubError(
+        Code.InvalidArgument,
+        `sha256 mismatch: declared ${expected.sha256}, received ${actual}; nothing was stored`,
+      );
+    }
+    const key = this.keyOf(expected.sha256);
+    return this.oneAtATime(expected.sha256, async () => {
+      // Another replica may PUT the same verified bytes at the same moment: S3 keeps one object.
+      if (await this.stat(expected.sha256)) return { created: false };
+      try {
+        // The body is in memory, so the request can be sent again.
+        await retryTransient(() => this.putWithDigest(key, "", body, actual));
+      } catch (error) {
+        throw this.fail(error, `storing blob ${expected.sha256} at ${key}`);
+      }
+      return { created: true };
+    });
+  }
+
+  /**
+   * Streams a blob larger than {@link SINGLE_PUT_MAX} as a multipart upload of its own key,
+   * hashing it on the way, and completes the upload (which makes the object visible at once)
+   * only when sha256 and size match; otherwise aborts it, and nothing appears. Parts of
+   * `calculatePartSize` (64 MiB up to 640 GB), two in flight while the next one fills.
+   */
+  private async putParts(
+    expected: BlobStat,
+    chunks: AsyncIterable<Uint8Array>,
+    signal?: AbortSignal,
+  ): Promise<{ created: boolean }> {
+    const key = this.keyOf(expected.sha256);
+    let uploadId: string;
     try {
-      return await this.client.putObject(this.bucket, key, body, size);
-    } finally {
-      // Stops reading the caller's chunks when S3 failed before taking them all.
-      body.destroy();
+      uploadId = await this.client.initiateNewMultipartUpload(this.bucket, key, {});
+    } catch (error) {
+      throw this.fail(error, `starting a multipart upload of ${key}`);
     }
+    const partSize = this.client.calculatePartSize(expected.size);
+    const parts: Array<{ part: number; etag: string }> = [];
+    const sending = new Set<Promise<void>>();
+    let failed: NearhubError | undefined;
+    const send = async (part: number, body: Buffer) => {
+      const request = {
+        bucketName: this.bucket,
+        objectName: key,
+        uploadID: uploadId,
+        partNumber: part,
+        headers: { "Content-Length": String(body.byteLength) },
+      };
+      const sent = retryTransient(() => this.client.uploadPart(request, body)).then(
+        ({ etag }) => void parts.push({ part, etag }),
+        (error: unknown) => void (failed ??= this.fail(error, `uploading part ${part} of ${key}`)),
+      );
+      sending.add(sent);
+      void sent.finally(() => sending.delete(sent));
+      while (sending.size >= 2) await Promise.race(sending);
+      if (failed !== undefined) throw failed;
+    };
+    try {
+      const hash = createHash("sha256");
+      let received = 0;
+      let part = 1;
+      let buffer = Buffer.allocUnsafe(partSize);
+      let filled = 0;
+      for await (const chunk of chunks) {
+        signal?.throwIfAborted();
+        if (received + chunk.byteLength > expected.size) {
+          throw new NearhubError(
+            Code.InvalidArgument,
+            `upload is larger than the declared ${expected.size} bytes; nothing was stored`,
+          );
+        }
+        received += chunk.byteLength;
+        hash.update(chunk);
+        for (let at = 0; at < chunk.byteLength;) {
+          const n = Math.min(chunk.byteLength - at, partSize - filled);
+          buffer.set(chunk.subarray(at, at + n), filled);
+          filled += n;
+          at += n;
+          if (filled === partSize) {
+            await send(part++, buffer);
+            buffer = Buffer.allocUnsafe(partSize);
+            filled = 0;
+          }
+        }
+      }
+      signal?.throwIfAborted();
+      if (received !== expected.size) {
+        throw new NearhubError(
+          Code.InvalidArgument,
+          `upload has ${received} bytes but declared ${expected.size}; nothing was stored`,
+        );
+      }
+      const actual = hash.digest("hex");
+      if (actual !== expected.sha256) {
+        throw new NearhubError(
+          Code.InvalidArgument,
+          `sha256 mismatch: declared ${expected.sha256}, received ${actual}; nothing was stored`,
+        );
+      }
+      if (filled > 0) await send(part, buffer.subarray(0, filled));
+      await Promise.all(sending);
+      if (failed !== undefined) throw failed;
+    } catch (error) {
+      await Promise.allSettled(sending);
+      await this.abortChunked({ key, uploadId, direct: expected.sha256 });
+      throw NearhubError.from(error);
+    }
+    return this.oneAtATime(expected.sha256, async () => {
+      if (await this.stat(expected.sha256)) {
+        await this.abortChunked({ key, uploadId, direct: expected.sha256 });
+        return { created: false };
+      }
+      try {
+        await this.client.completeMultipartUpload(
+          this.bucket,
+          key,
+          uploadId,
+          parts.sort((a, b) => a.part - b.part),
+        );
+      } catch (error) {
+        throw this.fail(error, `completing the multipart upload of ${key}`);
+      }
+      return { created: true };
+    });
   }
 
   /** Copies a verified temporary object to its key unless the blob is already there. */
@@ -209,7 +320,7 @@ export class S3BlobStore implements BlobStore {
       return { created: true };
     } finally {
       // The upload completed, so no parts are left to abort.
-      await this.discard(tmp, 0);
+      await this.discard(tmp);
     }
   }
 
@@ -230,32 +341,18 @@ export class S3BlobStore implements BlobStore {
   }
 
   /**
-   * Removes a temporary object and, when `declaredSize` made minio upload in parts, the parts
-   * of an upload cut short (no object shows them; only an abort frees them). Failures are
-   * logged, not thrown: the caller is already throwing the error that matters.
+   * Removes a temporary object. Failures are logged, not thrown: the caller is already throwing
+   * the error that matters, or has published the object.
    */
-  private async discard(tmp: string, declaredSize: number): Promise<void> {
-    const steps: Array<[string, () => Promise<void>]> = [
-      [`removing ${tmp}`, () => this.client.removeObject(this.bucket, tmp)],
-    ];
-    if (declaredSize > this.client.calculatePartSize(declaredSize)) {
-      steps.push([
-        `aborting the multipart upload of ${tmp}`,
-        async () => {
-          const uploadId = await this.client.findUploadId(this.bucket, tmp);
-          if (uploadId) await this.client.abortMultipartUpload(this.bucket, tmp, uploadId);
-        },
-      ]);
-    }
-    for (const [action, step] of steps) {
-      try {
-        await step();
-      } catch (error) {
-        this.logger.warn(
-          "could not clean up after an upload; the next start-up removes tmp/ objects older than a day, and a bucket lifecycle rule should abort incomplete multipart uploads",
-          { bucket: this.bucket, key: tmp, error: this.fail(error, action) },
-        );
-      }
+  private async discard(tmp: string): Promise<void> {
+    try {
+      await this.client.removeObject(this.bucket, tmp);
+    } catch (error) {
+      this.logger.warn("could not remove a temporary object; the next start-up removes tmp/ objects older than a day", {
+        bucket: this.bucket,
+        key: tmp,
+        error: this.fail(error, `removing ${tmp}`),
+      });
     }
   }
 
@@ -268,6 +365,22 @@ export class S3BlobStore implements BlobStore {
     try {
       const uploadId = await this.client.initiateNewMultipartUpload(this.bucket, key, {});
       return { key, uploadId };
+    } catch (error) {
+      throw this.fail(error, `starting a multipart upload of ${key}`);
+    }
+  }
+
+  async beginDirect(_sessionId: string, expected: BlobStat): Promise<ChunkedHandle> {
+    if (expected.size > MAX_OBJECT) {
+      throw new NearhubError(
+        Code.InvalidArgument,
+        `a blob of ${expected.size} bytes is over the 5 TiB S3 object limit`,
+      );
+    }
+    const key = this.keyOf(expected.sha256);
+    try {
+      const uploadId = await this.client.initiateNewMultipartUpload(this.bucket, key, {});
+      return { key, uploadId, direct: expected.sha256 };
     } catch (error) {
       throw this.fail(error, `starting a multipart upload of ${key}`);
     }
@@ -292,7 +405,9 @@ export class S3BlobStore implements BlobStore {
     try {
       // The part is in memory, so it can be sent again.
       const { etag } = await retryTransient(() =>
-        sha256 ? this.uploadPartWithDigest(request, body, sha256) : this.client.uploadPart(request, body),
+        sha256
+          ? this.putWithDigest(key, `uploadId=${uploadId}&partNumber=${index + 1}`, body, sha256)
+          : this.client.uploadPart(request, body),
       );
       return { etag };
     } catch (error) {
@@ -308,26 +423,22 @@ export class S3BlobStore implements BlobStore {
   }
 
   /**
-   * minio's uploadPart signs plain-HTTP requests with the body's sha256, which it computes
-   * again; the chunk's digest is known and verified, so sign with that one.
+   * PUTs `body` (an object, or a part when `query` names one). minio signs plain-HTTP requests
+   * with the body's sha256, which it computes again; the digest is known and verified, so sign
+   * with that one.
    */
-  private async uploadPartWithDigest(
-    request: {
-      bucketName: string;
-      objectName: string;
-      uploadID: string;
-      partNumber: number;
-      headers: Record<string, string>;
-    },
+  private async putWithDigest(
+    objectName: string,
+    query: string,
     body: Buffer,
     sha256: string,
   ): Promise<{ etag: string }> {
     const response = await this.client.makeRequestStreamAsync(
       {
         method: "PUT",
-        bucketName: request.bucketName,
-        objectName: request.objectName,
-        query: `uploadId=${request.uploadID}&partNumber=${request.partNumber}`,
+        bucketName: this.bucket,
+        objectName,
+        query,
         headers: { "content-length": String(body.byteLength) },
       },
       body,
@@ -341,11 +452,7 @@ export class S3BlobStore implements BlobStore {
       /^("|&quot;|&#34;)|("|&quot;|&#34;)$/g,
       "",
     );
-    if (!etag)
-      throw new NearhubError(
-        Code.Unavailable,
-        `uploading part ${request.partNumber} of ${request.objectName}: no etag in the answer`,
-      );
+    if (!etag) throw new NearhubError(Code.Unavailable, `uploading ${objectName} (${query}): no etag in the answer`);
     return { etag };
   }
 
@@ -355,7 +462,8 @@ export class S3BlobStore implements BlobStore {
     parts: ChunkPart[],
     received?: { sha256: string },
   ): Promise<{ created: boolean }> {
-    const { key, uploadId } = chunkedHandle(handle);
+    const { key, uploadId, direct } = chunkedHandle(handle);
+    if (direct !== undefined) return this.completeDirect(key, uploadId, expected, parts, received);
     // A retry after a completion that was cut short finds the assembled object already there.
     let assembled: { etag: string; size: number } | undefined;
     try {
@@ -402,7 +510,7 @@ export class S3BlobStore implements BlobStore {
       actual = hash.digest("hex");
     }
     if (size !== expected.size || actual !== expected.sha256) {
-      await this.discard(key, 0);
+      await this.discard(key);
       throw new NearhubError(
         Code.InvalidArgument,
         `the assembled upload has sha256 ${actual} and ${size} bytes, not the declared ${expected.sha256} and ${expected.size}; nothing was stored and the session is discarded`,
@@ -411,12 +519,68 @@ export class S3BlobStore implements BlobStore {
     return this.oneAtATime(expected.sha256, () => this.publish(expected, key, assembled.etag));
   }
 
+  /**
+   * Completes a multipart upload of the blob's own key. The parts cannot be read back before
+   * completion, and completion makes them visible, so the digest of the very parts (hashed in
+   * order as they were stored, pinned by the etags listed here) must be given and must match:
+   * otherwise the upload is aborted and nothing appears. When the blob is already stored (another
+   * session, or this one whose completion was cut short after S3 had completed it) the upload is
+   * aborted and the stored object, verified when it was written, stays as it was.
+   */
+  private async completeDirect(
+    key: string,
+    uploadId: string,
+    expected: BlobStat,
+    parts: ChunkPart[],
+    received: { sha256: string } | undefined,
+  ): Promise<{ created: boolean }> {
+    const abort = () => this.abortChunked({ key, uploadId, direct: expected.sha256 });
+    if (received === undefined) {
+      throw new NearhubError(
+        Code.Internal,
+        `the multipart upload of ${key} can only be completed with the digest of its parts, which was not given; nothing was stored`,
+      );
+    }
+    const size = parts.reduce((n, p) => n + p.size, 0);
+    if (size !== expected.size || received.sha256 !== expected.sha256) {
+      await abort();
+      throw new NearhubError(
+        Code.InvalidArgument,
+        `the assembled upload has sha256 ${received.sha256} and ${size} bytes, not the declared ${expected.sha256} and ${expected.size}; nothing was stored and the session is discarded`,
+      );
+    }
+    return this.oneAtATime(expected.sha256, async () => {
+      if (await this.stat(expected.sha256)) {
+        await abort();
+        return { created: false };
+      }
+      const sorted = [...parts].sort((a, b) => a.index - b.index);
+      try {
+        await this.client.completeMultipartUpload(
+          this.bucket,
+          key,
+          uploadId,
+          sorted.map((p) => ({ part: p.index + 1, etag: p.etag })),
+        );
+      } catch (error) {
+        // A completion that S3 carried out but whose answer was lost, then retried.
+        if (error instanceof S3Error && error.code === "NoSuchUpload" && (await this.stat(expected.sha256))) {
+          return { created: false };
+        }
+        throw this.fail(error, `completing the multipart upload of ${key}`);
+      }
+      return { created: true };
+    });
+  }
+
   async abortChunked(handle: ChunkedHandle): Promise<void> {
-    const { key, uploadId } = chunkedHandle(handle);
-    for (const [action, step] of [
+    const { key, uploadId, direct } = chunkedHandle(handle);
+    const steps: Array<readonly [string, () => Promise<void>]> = [
       [`aborting the multipart upload of ${key}`, () => this.client.abortMultipartUpload(this.bucket, key, uploadId)],
-      [`removing ${key}`, () => this.client.removeObject(this.bucket, key)],
-    ] as const) {
+    ];
+    // A direct upload's key is the blob's: whatever is there was verified, maybe by another session.
+    if (direct === undefined) steps.push([`removing ${key}`, () => this.client.removeObject(this.bucket, key)]);
+    for (const [action, step] of steps) {
       try {
         await step();
       } catch (error) {
@@ -581,12 +745,17 @@ export class S3BlobStore implements BlobStore {
   }
 }
 
-function chunkedHandle(handle: ChunkedHandle): { key: string; uploadId: string } {
-  const { key, uploadId } = handle;
-  if (!key?.startsWith("tmp/upload-") || !uploadId) {
+/** `direct` is the blob's sha256 when the upload is of the blob's own key ({@link S3BlobStore.beginDirect}). */
+function chunkedHandle(handle: ChunkedHandle): { key: string; uploadId: string; direct?: string } {
+  const { key, uploadId, direct } = handle;
+  const valid =
+    direct === undefined
+      ? key?.startsWith("tmp/upload-")
+      : SHA256.test(direct) && key === `sha256/${direct.slice(0, 2)}/${direct.slice(2, 4)}/${direct}`;
+  if (!valid || !uploadId) {
     throw new NearhubError(Code.Internal, `bad chunked-upload handle ${JSON.stringify(handle)}`);
   }
-  return { key, uploadId };
+  return direct === undefined ? { key: key!, uploadId } : { key: key!, uploadId, direct };
 }
 
 function isNotFound(error: unknown): boolean {

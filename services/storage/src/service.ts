@@ -47,6 +47,10 @@ export async function startStorage(
     },
     async (host) => {
       await store.check();
+      // Registered first, so it runs after every other stop callback (maintenance, sessions):
+      // the active pack of small blobs is sealed with its hint file, and the next start need
+      // not re-hash it. A call still arriving after it reopens the pack.
+      if (store instanceof FsBlobStore) host.onStop(() => store.close());
       const sessions = new UploadSessions(await host.bus.kv(host.names.bucket("upload-sessions")), store, {
         ttlMs: config.NEARHUB_UPLOAD_SESSION_TTL_MS,
         logger: logger.child({ component: "upload-sessions" }),

@@ -36,6 +36,13 @@ const RETRYABLE = new Set([
   Code.Unknown,
 ]);
 
+/**
+ * How long a call the server refuses with RESOURCE_EXHAUSTED ("too many bytes in flight", "too
+ * far ahead of the chunk the blob's hash takes next") keeps being retried: such a refusal says
+ * wait for other chunks, which on a slow link can take minutes, so it does not use up attempts.
+ */
+const BUSY_PATIENCE_MS = 10 * 60_000;
+
 async function withRetry<T>(
   what: string,
   attempts: number,
@@ -43,15 +50,18 @@ async function withRetry<T>(
   fn: () => Promise<T>,
 ): Promise<T> {
   let lastError: unknown;
-  for (let attempt = 1; attempt <= attempts; attempt++) {
+  const patientUntil = Date.now() + BUSY_PATIENCE_MS;
+  for (let attempt = 1, tries = 1; attempt <= attempts; attempt++, tries++) {
     signal?.throwIfAborted();
     try {
       return await fn();
     } catch (error) {
       lastError = error;
       const code = error instanceof NearhubError ? error.code : Code.Unknown;
-      if (!RETRYABLE.has(code) || attempt === attempts) break;
-      await sleep(Math.min(250 * 2 ** attempt, 5_000), undefined, { signal });
+      if (!RETRYABLE.has(code)) break;
+      if (code === Code.ResourceExhausted && Date.now() < patientUntil) attempt--;
+      else if (attempt === attempts) break;
+      await sleep(Math.min(250 * 2 ** tries, 5_000), undefined, { signal });
     }
   }
   const e = NearhubError.from(lastError);
@@ -138,48 +148,72 @@ export async function uploadFile(
   }
   const file = await open(path, "r");
   let sent = 0;
+  let done;
   try {
-    const worker = async () => {
-      // One buffer per worker, reused: a fresh 64 MiB per chunk costs page faults and GC.
-      let whole: Buffer | undefined;
-      for (let index = todo.shift(); index !== undefined; index = todo.shift()) {
-        const offset = index * chunkSize;
-        const length = Math.min(chunkSize, size - offset);
-        whole ??= Buffer.allocUnsafeSlow(chunkSize);
-        const buffer = whole.subarray(0, length);
-        const { bytesRead } = await file.read(buffer, 0, length, offset);
-        if (bytesRead !== length) throw new NearhubError(Code.Aborted, `${path} changed while being uploaded`);
-        const chunkSha = createHash("sha256").update(buffer).digest("hex");
-        const i = index;
-        await withRetry(`uploading chunk ${i} of ${path}`, attempts, signal, () =>
-          client.uploadChunk(
-            (async function* () {
-              yield {
-                part: { case: "header" as const, value: { sessionId: session.sessionId, index: i, sha256: chunkSha } },
-              };
-              for (let p = 0; p < length; p += PIECE)
-                yield { part: { case: "data" as const, value: buffer.subarray(p, Math.min(p + PIECE, length)) } };
-            })(),
-            { timeoutMs, ...(signal ? { signal } : {}) },
-          ),
-        );
-        sent++;
-        options.onProgress?.(length);
-      }
+    const send = async (indexes: number[]) => {
+      const worker = async () => {
+        // One buffer per worker, reused: a fresh 64 MiB per chunk costs page faults and GC.
+        let whole: Buffer | undefined;
+        for (let index = indexes.shift(); index !== undefined; index = indexes.shift()) {
+          const offset = index * chunkSize;
+          const length = Math.min(chunkSize, size - offset);
+          whole ??= Buffer.allocUnsafeSlow(chunkSize);
+          const buffer = whole.subarray(0, length);
+          const { bytesRead } = await file.read(buffer, 0, length, offset);
+          if (bytesRead !== length) throw new NearhubError(Code.Aborted, `${path} changed while being uploaded`);
+          const chunkSha = createHash("sha256").update(buffer).digest("hex");
+          const i = index;
+          await withRetry(`uploading chunk ${i} of ${path}`, attempts, signal, () =>
+            client.uploadChunk(
+              (async function* () {
+                yield {
+                  part: {
+                    case: "header" as const,
+                    value: { sessionId: session.sessionId, index: i, sha256: chunkSha },
+                  },
+                };
+                for (let p = 0; p < length; p += PIECE)
+                  yield { part: { case: "data" as const, value: buffer.subarray(p, Math.min(p + PIECE, length)) } };
+              })(),
+              { timeoutMs, ...(signal ? { signal } : {}) },
+            ),
+          );
+          sent++;
+          options.onProgress?.(length);
+        }
+      };
+      await Promise.all(Array.from({ length: Math.max(1, options.parallel ?? 4) }, worker));
     };
-    await Promise.all(Array.from({ length: Math.max(1, options.parallel ?? 4) }, worker));
+    await send([...todo]);
+    for (let round = 1; ; round++) {
+      try {
+        done = await withRetry(`completing the upload of ${path}`, attempts, signal, () =>
+          client.completeUpload({ sessionId: session.sessionId }, { timeoutMs: Math.max(timeoutMs, 600_000) }),
+        );
+        break;
+      } catch (error) {
+        // The server no longer counts chunks it took (on S3, a restarted or other replica cannot
+        // read back the parts the lost in-order hash had covered): send what it says is missing.
+        if (!(error instanceof NearhubError) || error.code !== Code.FailedPrecondition || round > 3) throw error;
+        const status = await withRetry(`reading the upload status of ${path}`, attempts, signal, () =>
+          client.getUploadStatus({ sessionId: session.sessionId }),
+        );
+        const have = new Set(status.session?.received ?? []);
+        const missing: number[] = [];
+        for (let i = 0; i < session.chunkCount; i++) if (!have.has(i)) missing.push(i);
+        if (missing.length === 0) throw error;
+        await send(missing);
+      }
+    }
   } finally {
     await file.close();
   }
-  const done = await withRetry(`completing the upload of ${path}`, attempts, signal, () =>
-    client.completeUpload({ sessionId: session.sessionId }, { timeoutMs: Math.max(timeoutMs, 600_000) }),
-  );
   return {
     sha256,
     size,
     created: done.created,
     chunksSent: sent,
-    chunksSkipped: session.chunkCount - todo.length - sent,
+    chunksSkipped: session.chunkCount - todo.length,
   };
 }
 

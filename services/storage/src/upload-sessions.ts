@@ -28,6 +28,12 @@ const POOL_IDLE_BYTES = 257 * MIB;
 const POOL_IDLE_MS = 10_000;
 /** Received chunk bytes handed to the hash worker at once. */
 const HASH_STEP = 16 * MIB;
+/**
+ * Stored chunks of a direct session (see {@link SessionRecord.hasher}) that its in-order hash
+ * holds back unhashed, so a chunk stored again with other bytes soon after (a client that
+ * resends a chunk) replaces them instead of spoiling the only way to verify the session.
+ */
+const DIRECT_LAG = 64 * MIB;
 
 /** `s.<id>` in the `upload-sessions` bucket. */
 interface SessionRecord {
@@ -38,6 +44,14 @@ interface SessionRecord {
   chunkCount: number;
   handle: ChunkedHandle;
   createdAt: number;
+  /**
+   * Set while the session uploads straight to the blob's key ({@link BlobStore.beginDirect}):
+   * the id of the process (an {@link UploadSessions}) whose in-order hash of the chunks is the
+   * only way to verify them, since the backend cannot read them back before they are visible.
+   * Any other process that takes the session over (a restart, another replica) first turns it
+   * into a read-back session (see `demote`).
+   */
+  hasher?: string;
   /** Set once CompleteUpload succeeded; the record stays until expiry so a retry is answered. */
   completed?: { created: boolean };
 }
@@ -48,6 +62,8 @@ interface ChunkRecord {
   size: number;
   etag: string;
   at: number;
+  /** The backend upload (`handle.uploadId`) it went to; a chunk of an upload the session left does not count. */
+  upload?: string;
 }
 
 const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -111,11 +127,14 @@ class BufferPool {
  * The sha256 of a session's blob, fed with each chunk's verified bytes in index order as the
  * chunks are stored, so completion need not read the blob back. Chunks stored ahead of the
  * next one wait in memory (bounded); a session whose chunks came partly through another
- * process (or before a restart) has none, and completion reads the blob back.
+ * process (or before a restart) has none, and completion reads the blob back (or, for a direct
+ * session, which cannot be read back, the session is moved to an upload that can be).
  */
 interface WholeHash {
   /** Its key on the hash worker. */
   key: string;
+  /** Bytes of this session in `ahead` (stored, not hashed yet). */
+  pendingBytes: number;
   /** The worker thread holding it; `lost` once a chunk went to another (the first one died). */
   generation: number;
   lost?: boolean;
@@ -123,6 +142,7 @@ interface WholeHash {
   next: number;
   /** Per hashed chunk, the digest and etag it was stored with (checked against the KV at completion). */
   hashed: Array<{ sha256: string; etag: string }>;
+  /** Stored chunks not hashed yet: ahead of `next`, or (direct sessions) held back from `next` on. */
   ahead: Map<number, { bytes: Buffer; sha256: string; etag: string }>;
   /** When a chunk was last fed (a session completed by another replica is forgotten after the TTL). */
   touched: number;
@@ -134,6 +154,19 @@ interface WholeHash {
  * only after the chunk is durable, so no two writers contend on one key) and an index from
  * blob to open session (`h.<sha256>.<size>`, created with compare-and-set, so concurrent
  * uploads of one blob share one session and produce one object).
+ *
+ * Two kinds of session, by what can verify the whole sha256 before the blob becomes visible:
+ * - direct (S3; {@link BlobStore.beginDirect}): the chunks are parts of a multipart upload of
+ *   the blob's own key, so completion costs no copy; but S3 cannot read unfinished parts back,
+ *   so the in-order hash in the process that started the session (its `hasher`) is the only
+ *   thing that can verify them. A SHA-256 state cannot be saved and moved with node's crypto
+ *   (a JavaScript or WebAssembly one could, without the CPU's SHA instructions), so when
+ *   that hash is gone (the process restarted, another replica took the session, a hashed chunk
+ *   was replaced) the session is moved to a read-back upload and the chunks stored until then
+ *   are sent again; completion never makes unverified parts visible.
+ * - read-back ({@link BlobStore.beginChunked}; the folder backend, and S3 sessions moved as
+ *   above): completion uses the in-order hash when this process has it, and otherwise reads the
+ *   assembled blob back before publishing it, so chunks may arrive through any process.
  */
 export class UploadSessions {
   readonly chunks: Counter<"result">;
@@ -148,6 +181,8 @@ export class UploadSessions {
   private hashKeys = 0;
   /** Chunk writes and completions in progress in this process, by key (see `exclusive`). */
   private readonly writing = new Map<string, Promise<void>>();
+  /** This process, as the `hasher` of the direct sessions it started. */
+  private readonly instance = randomUUID();
 
   constructor(
     private readonly kv: KV,
@@ -198,15 +233,19 @@ export class UploadSessions {
     return found.record;
   }
 
-  /** Stored chunks by index. */
-  async received(id: string): Promise<Map<number, ChunkRecord>> {
+  /** Stored chunks by index (of the session's current backend upload). */
+  async received(record: SessionRecord): Promise<Map<number, ChunkRecord>> {
+    const id = record.id;
+    const upload = record.handle["uploadId"];
     const out = new Map<number, ChunkRecord>();
     const keys: string[] = [];
     for await (const k of await this.kv.keys(`c.${id}.*`)) keys.push(k);
     await Promise.all(
       keys.map(async (k) => {
         const entry = await this.kv.get(k);
-        if (entry && entry.operation === "PUT") out.set(Number(k.split(".")[2]), entry.json<ChunkRecord>());
+        if (entry?.operation !== "PUT") return;
+        const chunk = entry.json<ChunkRecord>();
+        if (chunk.upload === undefined || chunk.upload === upload) out.set(Number(k.split(".")[2]), chunk);
       }),
     );
     return out;
@@ -216,7 +255,7 @@ export class UploadSessions {
     record: SessionRecord,
     received?: Map<number, ChunkRecord>,
   ): Promise<MessageInitShape<typeof UploadSessionSchema>> {
-    const chunks = received ?? (await this.received(record.id));
+    const chunks = received ?? (await this.received(record));
     const lastActivity = Math.max(record.createdAt, ...[...chunks.values()].map((c) => c.at));
     return {
       sessionId: record.id,
@@ -270,15 +309,20 @@ export class UploadSessions {
         const found = await this.read(existing.string());
         if (found && !found.record.completed) {
           this.sessions.inc({ outcome: "resumed" });
-          return { record: found.record, resumed: true };
+          // Resumed through another process: the status must list only chunks that can still count.
+          return { record: await this.takeOver(found.record), resumed: true };
         }
         // The index outlived its session (a crash between steps): replace it.
         await this.kv.delete(indexKey, { previousSeq: existing.revision }).catch(() => undefined);
         continue;
       }
       const id = randomUUID();
-      const handle = await this.store.beginChunked(id, size);
+      const direct = this.store.beginDirect !== undefined && (this.options.hashAheadBytes ?? DEFAULT_HASH_AHEAD) > 0;
+      const handle = direct
+        ? await this.store.beginDirect!(id, { sha256, size })
+        : await this.store.beginChunked(id, size);
       const record: SessionRecord = { id, sha256, size, chunkSize, chunkCount, handle, createdAt: Date.now() };
+      if (direct) record.hasher = this.instance;
       await this.kv.put(`s.${id}`, JSON.stringify(record));
       try {
         if (existing) await this.kv.update(indexKey, id, existing.revision);
@@ -326,7 +370,7 @@ export class UploadSessions {
     // which does not replace parts atomically) a part that is half rewritten.
     // Read the session again inside: a writer we waited for may have completed it.
     return this.exclusive(`chunk.${id}.${index}`, async () =>
-      this.putChunkAlone(await this.get(id), index, chunkSha256, pieces, signal),
+      this.putChunkAlone(await this.takeOver(await this.get(id)), index, chunkSha256, pieces, signal),
     );
   }
 
@@ -347,12 +391,13 @@ export class UploadSessions {
   }
 
   private async putChunkAlone(
-    record: SessionRecord,
+    taken: SessionRecord,
     index: number,
     chunkSha256: string,
     pieces: AsyncIterable<Uint8Array>,
     signal: AbortSignal,
   ): Promise<{ stored: boolean; receivedCount: number }> {
+    let record = taken;
     const id = record.id;
     const expected = Math.min(record.chunkSize, record.size - index * record.chunkSize);
     const prior = await this.kv.get(`c.${id}.${index}`);
@@ -360,6 +405,7 @@ export class UploadSessions {
     const duplicate =
       record.completed !== undefined ||
       (prior?.operation === "PUT" && prior.json<ChunkRecord>().sha256 === chunkSha256);
+    if (!duplicate && record.hasher !== undefined) record = await this.admitDirect(record, index, expected);
     const budget = this.options.memoryBudget ?? DEFAULT_MEMORY_BUDGET;
     if (!duplicate && this.buffered + expected > budget) {
       this.chunks.inc({ result: "rejected" });
@@ -444,7 +490,10 @@ export class UploadSessions {
     // (No buffer and not a duplicate would be an empty chunk, which sizes of at least 1 rule out.)
     if (duplicate || !buffer) {
       this.chunks.inc({ result: "duplicate" });
-      return { stored: false, receivedCount: record.completed ? record.chunkCount : (await this.received(id)).size };
+      return {
+        stored: false,
+        receivedCount: record.completed ? record.chunkCount : (await this.received(record)).size,
+      };
     }
     if (received > posted) this.hasher.update(key, buffer.subarray(posted, received));
     const actual = await this.hasher.digest(key);
@@ -457,34 +506,63 @@ export class UploadSessions {
       );
     }
     let etag: string;
-    try {
-      ({ etag } = await this.store.writeChunk(record.handle, index, offset, buffer, actual));
-    } catch (error) {
-      // Another client sharing the session completed it while this chunk was in flight.
-      if (NearhubError.from(error).code === Code.NotFound && (await this.store.stat(record.sha256))) {
-        this.chunks.inc({ result: "duplicate" });
-        return { stored: false, receivedCount: record.chunkCount };
+    for (;;) {
+      try {
+        ({ etag } = await this.store.writeChunk(record.handle, index, offset, buffer, actual));
+      } catch (error) {
+        if (NearhubError.from(error).code !== Code.NotFound) throw error;
+        // Another client sharing the session completed it while this chunk was in flight.
+        if (await this.store.stat(record.sha256)) {
+          this.chunks.inc({ result: "duplicate" });
+          return { stored: false, receivedCount: record.chunkCount };
+        }
+        // Another process moved the session to a read-back upload and aborted the old one.
+        const current = (await this.read(id))?.record;
+        if (!current || current.handle["uploadId"] === record.handle["uploadId"]) throw error;
+        record = current;
+        continue;
       }
-      throw error;
+      const chunk: ChunkRecord = {
+        sha256: actual,
+        size: expected,
+        etag,
+        at: Date.now(),
+        ...(record.handle["uploadId"] !== undefined ? { upload: record.handle["uploadId"] } : {}),
+      };
+      await this.kv.put(`c.${id}.${index}`, JSON.stringify(chunk));
+      if (record.hasher === undefined) break;
+      // A direct session may have been moved to a read-back upload (see `demote`) while this
+      // chunk went to the old one, where it no longer counts: its bytes are still here, so
+      // store it again in the new one rather than have the client send it again.
+      const current = (await this.read(id))?.record;
+      if (!current || current.completed || current.handle["uploadId"] === record.handle["uploadId"]) break;
+      record = current;
     }
-    const chunk: ChunkRecord = { sha256: actual, size: expected, etag, at: Date.now() };
-    await this.kv.put(`c.${id}.${index}`, JSON.stringify(chunk));
     state.kept = this.feedWholeHash(record, index, buffer, actual, etag);
     this.chunks.inc({ result: "stored" });
     this.bytes.inc(expected);
-    return { stored: true, receivedCount: (await this.received(id)).size };
+    return { stored: true, receivedCount: (await this.received(record)).size };
   }
 
   /**
    * Feeds a stored chunk to its session's in-order whole-blob hash; true when the hash took
-   * `bytes` (kept for later, or being hashed): it returns them to the pool itself.
+   * `bytes` (kept for later, or being hashed): it returns them to the pool itself. A direct
+   * session's hash holds up to {@link DIRECT_LAG} of in-order chunks back unhashed.
    */
   private feedWholeHash(record: SessionRecord, index: number, bytes: Buffer, sha256: string, etag: string): boolean {
     const limit = this.options.hashAheadBytes ?? DEFAULT_HASH_AHEAD;
     let whole = this.wholeHashes.get(record.id);
     if (whole === null || limit <= 0) return false;
     if (whole === undefined) {
-      whole = { key: `whole.${record.id}`, generation: 0, next: 0, hashed: [], ahead: new Map(), touched: 0 };
+      whole = {
+        key: `whole.${record.id}`,
+        generation: 0,
+        next: 0,
+        hashed: [],
+        ahead: new Map(),
+        pendingBytes: 0,
+        touched: 0,
+      };
       this.wholeHashes.set(record.id, whole);
     }
     whole.touched = Date.now();
@@ -493,44 +571,151 @@ export class UploadSessions {
       if (whole.hashed[index]?.sha256 !== sha256 || whole.hashed[index]?.etag !== etag) this.dropWholeHash(record.id);
       return false;
     }
-    if (index > whole.next) {
-      const replaced = whole.ahead.get(index);
-      if (replaced) {
-        whole.ahead.delete(index);
-        this.aheadBytes -= replaced.bytes.byteLength;
-        this.pool.give(replaced.bytes);
-      }
-      if (this.aheadBytes + bytes.byteLength > limit) {
+    const replaced = whole.ahead.get(index);
+    if (replaced) {
+      whole.ahead.delete(index);
+      whole.pendingBytes -= replaced.bytes.byteLength;
+      this.aheadBytes -= replaced.bytes.byteLength;
+      this.pool.give(replaced.bytes);
+    }
+    if (index > whole.next && this.aheadBytes + bytes.byteLength > limit) {
+      // Make room by hashing what is held back, if that is enough.
+      this.flushWholeHash(whole, 0);
+      // A direct session's chunks were admitted against the limit before they were received
+      // (admitDirect); the ones received meanwhile may overshoot it a little.
+      if (this.aheadBytes + bytes.byteLength > limit && record.hasher === undefined) {
         // Too far ahead (or the earlier chunks were stored elsewhere): completion reads back.
         this.dropWholeHash(record.id);
         return false;
       }
-      whole.ahead.set(index, { bytes, sha256, etag });
-      this.aheadBytes += bytes.byteLength;
-      return true;
     }
-    // In order: this chunk and any waiting behind it go to the worker, and back to the pool
-    // once hashed.
+    whole.ahead.set(index, { bytes, sha256, etag });
+    whole.pendingBytes += bytes.byteLength;
+    this.aheadBytes += bytes.byteLength;
+    this.flushWholeHash(whole, record.hasher !== undefined ? DIRECT_LAG : 0);
+    return true;
+  }
+
+  /**
+   * Hands the chunks waiting in order from `next` to the worker while more than `keep` bytes
+   * of the session wait; their buffers go back to the pool once hashed.
+   */
+  private flushWholeHash(whole: WholeHash, keep: number): void {
     const hashing: Buffer[] = [];
-    const take = (b: Buffer, sha: string, tag: string) => {
-      const generation = this.hasher.update(whole.key, b);
+    for (
+      let next = whole.ahead.get(whole.next);
+      next && whole.pendingBytes > keep;
+      next = whole.ahead.get(whole.next)
+    ) {
+      whole.ahead.delete(whole.next);
+      whole.pendingBytes -= next.bytes.byteLength;
+      this.aheadBytes -= next.bytes.byteLength;
+      const generation = this.hasher.update(whole.key, next.bytes);
       if (whole.next === 0) whole.generation = generation;
       else if (generation !== whole.generation) whole.lost = true;
-      whole.hashed[whole.next] = { sha256: sha, etag: tag };
+      whole.hashed[whole.next] = { sha256: next.sha256, etag: next.etag };
       whole.next++;
-      hashing.push(b);
-    };
-    take(bytes, sha256, etag);
-    for (let next = whole.ahead.get(whole.next); next; next = whole.ahead.get(whole.next)) {
-      whole.ahead.delete(whole.next);
-      this.aheadBytes -= next.bytes.byteLength;
-      take(next.bytes, next.sha256, next.etag);
+      hashing.push(next.bytes);
     }
+    if (hashing.length === 0) return;
     this.hasher.settled().then(
       () => hashing.forEach((b) => this.pool.give(b)),
       () => undefined,
     );
-    return true;
+  }
+
+  /**
+   * Checks, before a chunk of a direct session is received, that its in-order hash can take
+   * it. A chunk too far ahead while the chunk the hash needs next is on its way is refused with
+   * RESOURCE_EXHAUSTED (the client retries it shortly: with 64 MiB chunks the default limit
+   * lets four wait behind a slow one). One the hash can no longer take (a chunk hashed already,
+   * sent again with other bytes; the hash lost with its worker thread; or too far ahead with
+   * nothing on its way to catch up, as from a client that sends chunks backwards) first turns
+   * the session into a read-back one, the only way left to verify it.
+   */
+  private async admitDirect(record: SessionRecord, index: number, size: number): Promise<SessionRecord> {
+    const whole = this.wholeHashes.get(record.id);
+    const next = whole?.next ?? 0;
+    if (whole === null || whole?.lost || index < next) {
+      return this.demote(record, `chunk ${index} arrived when its in-order hash could no longer take it`);
+    }
+    if (index === next || !whole) return record;
+    const limit = this.options.hashAheadBytes ?? DEFAULT_HASH_AHEAD;
+    // Bytes held back in order from `next` can be hashed to make room.
+    let flushable = 0;
+    for (let i = next, c = whole.ahead.get(i); c; c = whole.ahead.get(++i)) flushable += c.bytes.byteLength;
+    const replaced = whole.ahead.get(index)?.bytes.byteLength ?? 0;
+    if (this.aheadBytes - flushable - replaced + size > limit) {
+      if (!this.writing.has(`chunk.${record.id}.${next}`)) {
+        return this.demote(record, `chunk ${index} arrived too far ahead of chunk ${next}, which is not on its way`);
+      }
+      this.chunks.inc({ result: "rejected" });
+      throw new NearhubError(
+        Code.ResourceExhausted,
+        `chunk ${index} of upload session ${record.id} is too far ahead of chunk ${next}, which the blob's hash takes next (${this.aheadBytes} bytes wait for earlier chunks, limit ${limit}); send chunk ${next} first, or retry this one shortly`,
+      );
+    }
+    return record;
+  }
+
+  /**
+   * A direct session used by a process other than its hasher (this one restarted, or another
+   * replica took a chunk) can no longer be verified in order: makes it a read-back one first.
+   */
+  private async takeOver(record: SessionRecord): Promise<SessionRecord> {
+    if (record.hasher === undefined || record.hasher === this.instance || record.completed) return record;
+    return this.demote(record, "another storage process (a restart, or another replica) took the session over");
+  }
+
+  /**
+   * Moves a direct session to a new backend upload that completion verifies by reading it back
+   * ({@link BlobStore.beginChunked}). The chunks stored so far are in the direct upload, whose
+   * parts nothing can read before they become visible, and whose in-order hash is gone: they no
+   * longer count and must be sent again (GetUploadStatus and a resumed StartUpload list them as
+   * missing). Their upload is aborted (best effort). Chunks stored after the move are verified
+   * by reading the assembled object back, as on any read-back session, so nothing unverified
+   * becomes visible in either case.
+   */
+  private async demote(record: SessionRecord, why: string): Promise<SessionRecord> {
+    const found = await this.read(record.id);
+    if (!found) return this.get(record.id);
+    const current = found.record;
+    if (current.hasher === undefined || current.completed) return current;
+    const handle = await this.store.beginChunked(current.id, current.size);
+    const moved: SessionRecord = { ...current, handle };
+    delete moved.hasher;
+    try {
+      await this.kv.update(`s.${current.id}`, JSON.stringify(moved), found.revision);
+    } catch (error) {
+      await this.store.abortChunked(handle);
+      if (!isCasConflict(error)) throw error;
+      // Another process moved (or completed) it at the same moment: use its record.
+      return this.get(current.id);
+    }
+    const stale = (await this.rawChunkKeys(current.id)).length;
+    this.options.logger.warn(
+      "upload session switched to verification by reading back; chunks stored before must be sent again",
+      {
+        session: current.id,
+        reason: why,
+        chunks_to_resend: stale,
+      },
+    );
+    this.dropWholeHash(current.id, true);
+    await this.store.abortChunked(current.handle);
+    for (const k of await this.rawChunkKeys(current.id)) {
+      const entry = await this.kv.get(k);
+      if (entry?.operation === "PUT" && entry.json<ChunkRecord>().upload !== handle["uploadId"]) {
+        await this.kv.delete(k, { previousSeq: entry.revision }).catch(() => undefined);
+      }
+    }
+    return moved;
+  }
+
+  private async rawChunkKeys(id: string): Promise<string[]> {
+    const keys: string[] = [];
+    for await (const k of await this.kv.keys(`c.${id}.*`)) keys.push(k);
+    return keys;
   }
 
   /** Forgets a session's whole-blob hash; `forever` when the session is gone. */
@@ -553,6 +738,7 @@ export class UploadSessions {
    */
   private async receivedDigest(record: SessionRecord, chunks: Map<number, ChunkRecord>): Promise<string | undefined> {
     const whole = this.wholeHashes.get(record.id);
+    if (whole) this.flushWholeHash(whole, 0);
     if (!whole || whole.lost || whole.next !== record.chunkCount) return undefined;
     for (let i = 0; i < record.chunkCount; i++) {
       const c = chunks.get(i);
@@ -575,11 +761,12 @@ export class UploadSessions {
   }
 
   private async completeAlone(id: string): Promise<{ record: SessionRecord; created: boolean }> {
-    const found = await this.read((await this.get(id)).id);
+    await this.takeOver(await this.get(id));
+    const found = await this.read(id);
     if (!found) throw new NearhubError(Code.NotFound, `upload session ${id} does not exist`);
-    const { record } = found;
+    let { record } = found;
     if (record.completed) return { record, created: false };
-    const chunks = await this.received(id);
+    let chunks = await this.received(record);
     const missing: number[] = [];
     for (let i = 0; i < record.chunkCount; i++) if (!chunks.has(i)) missing.push(i);
     if (missing.length > 0) {
@@ -588,15 +775,25 @@ export class UploadSessions {
         `upload session ${id} is missing ${missing.length} of ${record.chunkCount} chunks (${missing.slice(0, 20).join(", ")}${missing.length > 20 ? ", …" : ""}); upload them, then complete`,
       );
     }
+    const digest = await this.receivedDigest(record, chunks);
+    if (record.hasher !== undefined && digest === undefined) {
+      // The in-order hash is gone (its worker thread died, a chunk was replaced after it was
+      // hashed): nothing can verify the direct upload's parts.
+      record = await this.demote(record, "the in-order hash of its chunks was lost before completion");
+      chunks = await this.received(record);
+      throw new NearhubError(
+        Code.FailedPrecondition,
+        `upload session ${id} could not be verified: the hash of its chunks in order was lost, and S3 cannot read back the parts of an unfinished upload; send its ${record.chunkCount - chunks.size} chunks again (GetUploadStatus lists the stored ones), then complete`,
+      );
+    }
     const parts: ChunkPart[] = [...chunks.entries()].map(([index, c]) => ({ index, etag: c.etag, size: c.size }));
     let created: boolean;
     try {
-      const digest = await this.receivedDigest(record, chunks);
       ({ created } = await this.store.completeChunked(
         record.handle,
         { sha256: record.sha256, size: record.size },
         parts,
-        ...(digest ? [{ sha256: digest }] : []),
+        ...(digest !== undefined ? [{ sha256: digest }] : []),
       ));
     } catch (error) {
       const e = NearhubError.from(error);
@@ -654,7 +851,7 @@ export class UploadSessions {
     for (const id of ids) {
       const found = await this.read(id);
       if (!found) continue;
-      const chunks = found.record.completed ? new Map<number, ChunkRecord>() : await this.received(id);
+      const chunks = found.record.completed ? new Map<number, ChunkRecord>() : await this.received(found.record);
       const lastActivity = Math.max(found.record.createdAt, ...[...chunks.values()].map((c) => c.at));
       if (now - lastActivity < this.options.ttlMs) continue;
       try {
