@@ -1,3 +1,6 @@
+import type { Hash } from "node:crypto";
+import { Code, NearhubError } from "@nearhub/platform";
+
 /** Size and digest of a stored blob. */
 export interface BlobStat {
   sha256: string;
@@ -83,3 +86,34 @@ export interface ChunkPart {
 
 /** Lower-case hex sha256. */
 export const SHA256 = /^[0-9a-f]{64}$/;
+
+/** Refuses a put whose bytes so far (`received`) already exceed its declared size. */
+export function refuseOversize(expected: BlobStat, received: number): void {
+  if (received > expected.size) {
+    throw new NearhubError(
+      Code.InvalidArgument,
+      `upload is larger than the declared ${expected.size} bytes; nothing was stored`,
+    );
+  }
+}
+
+/**
+ * Checks a finished put against its declaration: `received` bytes that `hash` digested. Returns
+ * the hex digest; refuses, saying what differs, when the size or the digest does not match.
+ */
+export function verifyReceived(expected: BlobStat, received: number, hash: Hash): string {
+  if (received !== expected.size) {
+    throw new NearhubError(
+      Code.InvalidArgument,
+      `upload has ${received} bytes but declared ${expected.size}; nothing was stored`,
+    );
+  }
+  const actual = hash.digest("hex");
+  if (actual !== expected.sha256) {
+    throw new NearhubError(
+      Code.InvalidArgument,
+      `sha256 mismatch: declared ${expected.sha256}, received ${actual}; nothing was stored`,
+    );
+  }
+  return actual;
+}

@@ -17,7 +17,15 @@ import { dirname, join } from "node:path";
 import { Code, NearhubError } from "@nearhub/platform";
 import { alignedBuffer } from "./aligned-memory.js";
 import { BlobPack } from "./blob-pack.js";
-import { SHA256, type BlobStat, type BlobStore, type ChunkPart, type ChunkedHandle } from "./blob-store.js";
+import {
+  SHA256,
+  refuseOversize,
+  verifyReceived,
+  type BlobStat,
+  type BlobStore,
+  type ChunkPart,
+  type ChunkedHandle,
+} from "./blob-store.js";
 import { GroupSync } from "./group-sync.js";
 import { HotBlobs } from "./hot-blobs.js";
 
@@ -449,28 +457,11 @@ export class FsBlobStore implements BlobStore {
       for await (const chunk of chunks) {
         signal?.throwIfAborted();
         size += chunk.byteLength;
-        if (size > expected.size) {
-          throw new NearhubError(
-            Code.InvalidArgument,
-            `upload is larger than the declared ${expected.size} bytes; nothing was stored`,
-          );
-        }
+        refuseOversize(expected, size);
         hash.update(chunk);
         await file.write(chunk);
       }
-      if (size !== expected.size) {
-        throw new NearhubError(
-          Code.InvalidArgument,
-          `upload has ${size} bytes but declared ${expected.size}; nothing was stored`,
-        );
-      }
-      const actual = hash.digest("hex");
-      if (actual !== expected.sha256) {
-        throw new NearhubError(
-          Code.InvalidArgument,
-          `sha256 mismatch: declared ${expected.sha256}, received ${actual}; nothing was stored`,
-        );
-      }
+      verifyReceived(expected, size, hash);
       await file.sync();
       await file.close();
       const target = this.pathOf(expected.sha256);
@@ -499,28 +490,11 @@ export class FsBlobStore implements BlobStore {
     for await (const chunk of chunks) {
       signal?.throwIfAborted();
       size += chunk.byteLength;
-      if (size > expected.size) {
-        throw new NearhubError(
-          Code.InvalidArgument,
-          `upload is larger than the declared ${expected.size} bytes; nothing was stored`,
-        );
-      }
+      refuseOversize(expected, size);
       hash.update(chunk);
       parts.push(chunk);
     }
-    if (size !== expected.size) {
-      throw new NearhubError(
-        Code.InvalidArgument,
-        `upload has ${size} bytes but declared ${expected.size}; nothing was stored`,
-      );
-    }
-    const actual = hash.digest("hex");
-    if (actual !== expected.sha256) {
-      throw new NearhubError(
-        Code.InvalidArgument,
-        `sha256 mismatch: declared ${expected.sha256}, received ${actual}; nothing was stored`,
-      );
-    }
+    verifyReceived(expected, size, hash);
     if (size <= PACKED_BLOB) {
       const bytes = parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
       const result = await (this.packed ?? (await this.pack())).put(expected.sha256, bytes);

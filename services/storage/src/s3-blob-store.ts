@@ -4,7 +4,15 @@ import https from "node:https";
 import type { Readable } from "node:stream";
 import { Code, NearhubError, silentLogger, type Logger } from "@nearhub/platform";
 import { Client, CopyDestinationOptions, CopySourceOptions, S3Error } from "minio";
-import { SHA256, type BlobStat, type BlobStore, type ChunkPart, type ChunkedHandle } from "./blob-store.js";
+import {
+  SHA256,
+  refuseOversize,
+  verifyReceived,
+  type BlobStat,
+  type BlobStore,
+  type ChunkPart,
+  type ChunkedHandle,
+} from "./blob-store.js";
 import type { S3Settings } from "./config.js";
 
 /** S3 copies an object of at most 5 GiB in one request; larger ones take a multipart copy. */
@@ -142,30 +150,13 @@ export class S3BlobStore implements BlobStore {
     let received = 0;
     for await (const chunk of chunks) {
       signal?.throwIfAborted();
-      if (received + chunk.byteLength > expected.size) {
-        throw new NearhubError(
-          Code.InvalidArgument,
-          `upload is larger than the declared ${expected.size} bytes; nothing was stored`,
-        );
-      }
+      refuseOversize(expected, received + chunk.byteLength);
       body.set(chunk, received);
       received += chunk.byteLength;
       hash.update(chunk);
     }
     signal?.throwIfAborted();
-    if (received !== expected.size) {
-      throw new NearhubError(
-        Code.InvalidArgument,
-        `upload has ${received} bytes but declared ${expected.size}; nothing was stored`,
-      );
-    }
-    const actual = hash.digest("hex");
-    if (actual !== expected.sha256) {
-      throw new NearhubError(
-        Code.InvalidArgument,
-        `sha256 mismatch: declared ${expected.sha256}, received ${actual}; nothing was stored`,
-      );
-    }
+    const actual = verifyReceived(expected, received, hash);
     const key = this.keyOf(expected.sha256);
     return this.oneAtATime(expected.sha256, async () => {
       // Another replica may PUT the same verified bytes at the same moment: S3 keeps one object.
@@ -227,12 +218,7 @@ export class S3BlobStore implements BlobStore {
       let filled = 0;
       for await (const chunk of chunks) {
         signal?.throwIfAborted();
-        if (received + chunk.byteLength > expected.size) {
-          throw new NearhubError(
-            Code.InvalidArgument,
-            `upload is larger than the declared ${expected.size} bytes; nothing was stored`,
-          );
-        }
+        refuseOversize(expected, received + chunk.byteLength);
         received += chunk.byteLength;
         hash.update(chunk);
         for (let at = 0; at < chunk.byteLength;) {
@@ -248,19 +234,7 @@ export class S3BlobStore implements BlobStore {
         }
       }
       signal?.throwIfAborted();
-      if (received !== expected.size) {
-        throw new NearhubError(
-          Code.InvalidArgument,
-          `upload has ${received} bytes but declared ${expected.size}; nothing was stored`,
-        );
-      }
-      const actual = hash.digest("hex");
-      if (actual !== expected.sha256) {
-        throw new NearhubError(
-          Code.InvalidArgument,
-          `sha256 mismatch: declared ${expected.sha256}, received ${actual}; nothing was stored`,
-        );
-      }
+      verifyReceived(expected, received, hash);
       if (filled > 0) await send(part, buffer.subarray(0, filled));
       await Promise.all(sending);
       if (failed !== undefined) throw failed;
