@@ -26,7 +26,13 @@ import { fileURLToPath } from "node:url";
 import { pipeline } from "node:stream/promises";
 import { createClient } from "@nearhub/platform";
 import { StorageService } from "@nearhub/proto/storage";
-import { downloadBlob, tuneHeapForStreaming, uploadFile, type StorageClient } from "@nearhub/storage";
+import {
+  downloadBlob,
+  streamingMallocEnv,
+  tuneHeapForStreaming,
+  uploadFile,
+  type StorageClient,
+} from "@nearhub/storage";
 import { adminAuth, deleteNamespace, eventually, nats, serviceEnv, tempDir, uniqueNamespace } from "@nearhub/testing";
 import { Client } from "minio";
 import { BenchChild } from "./bench-child.js";
@@ -67,7 +73,14 @@ async function startStorageProcess(env: Record<string, string>): Promise<{ port:
       // Storage's work is fs calls on libuv's thread pool, where an fsync holds a thread for
       // milliseconds: deploy it with a larger pool than the default 4 (read once, at start-up,
       // so it must be in the environment, not set by the process itself).
-      env: { UV_THREADPOOL_SIZE: "32", ...process.env, ...env, NEARHUB_GRPC_PORT: String(port) },
+      env: {
+        UV_THREADPOOL_SIZE: "32",
+        ...process.env,
+        // As `nearhub up` starts it (see streamingMallocEnv).
+        GLIBC_TUNABLES: streamingMallocEnv(process.env["GLIBC_TUNABLES"]),
+        ...env,
+        NEARHUB_GRPC_PORT: String(port),
+      },
       stdio: ["ignore", "ignore", "pipe"],
     },
   );
@@ -262,7 +275,8 @@ export async function main(): Promise<void> {
 
       // The transport baseline: the same clients against bare grpc-js keeping blobs in memory.
       const echo = await BenchChild.fork<{ type: "stop" }, EchoMessage>("storage echo", "storage-echo.ts", {
-        env: { STORAGE_ECHO_PRELOAD: source },
+        // The storage process's malloc settings, so the two servers differ only in their code.
+        env: { STORAGE_ECHO_PRELOAD: source, GLIBC_TUNABLES: streamingMallocEnv(process.env["GLIBC_TUNABLES"]) },
       });
       if (echo.first.type !== "ready") throw new Error("the storage echo did not start");
       const echoPid = echo.child.pid;

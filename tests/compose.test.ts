@@ -12,7 +12,7 @@ import { auditEnv } from "@nearhub/audit";
 import { edgeEnv } from "@nearhub/edge";
 import { indexingEnv } from "@nearhub/indexing";
 import { inferenceEnv } from "@nearhub/inference-gateway";
-import { storageEnv } from "@nearhub/storage";
+import { STREAMING_MALLOC_TUNABLES, storageEnv } from "@nearhub/storage";
 import { syncEnv } from "@nearhub/sync";
 import {
   MissingVariableError,
@@ -22,6 +22,9 @@ import {
   requiredValues,
   requiredVariables,
 } from "./compose-file.js";
+
+/** Read by the C library, libuv or node at start-up, not by a service's configuration. */
+const RUNTIME_ENV = new Set(["GLIBC_TUNABLES", "UV_THREADPOOL_SIZE", "NODE_OPTIONS"]);
 
 // Docker cannot run here, so the compose stack is checked statically: every nearhub service's
 // environment must pass that service's own configuration schema, and every piece the
@@ -63,8 +66,11 @@ describe("docker-compose.yml", () => {
       assert.equal(config.NEARHUB_OIDC_USER_CLAIM, "sub");
       assert.equal(config.NEARHUB_OIDC_GROUPS_CLAIM, "groups");
       for (const key of Object.keys(env)) {
+        if (RUNTIME_ENV.has(key)) continue;
         assert.ok(key in schema, `${name} sets ${key}, which its configuration does not read`);
       }
+      // Storage's malloc settings are the ones the code documents and `nearhub up` sets.
+      if (env["GLIBC_TUNABLES"] !== undefined) assert.equal(env["GLIBC_TUNABLES"], STREAMING_MALLOC_TUNABLES);
     });
 
     test(`${name}: runs its own entry point from the one image, with a health check`, () => {

@@ -6,6 +6,7 @@ import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createClient, generateToken } from "@nearhub/platform";
 import { Health, HealthCheckResponse_ServingStatus } from "@nearhub/proto/health";
+import { streamingMallocEnv } from "@nearhub/storage";
 import { freePort, isListening } from "./ports.js";
 import { Supervisor, type Supervised } from "./supervisor.js";
 
@@ -163,6 +164,8 @@ export async function up(options: UpOptions): Promise<number> {
     // behind concurrent uploads.
     const storage = await plan("storage", 7102, 9102, {
       UV_THREADPOOL_SIZE: options.env["UV_THREADPOOL_SIZE"] ?? "32",
+      // Its gRPC messages reuse heap memory instead of fresh mappings (see streamingMallocEnv).
+      GLIBC_TUNABLES: streamingMallocEnv(options.env["GLIBC_TUNABLES"]),
     });
     const indexing = await plan("indexing", 7103, 9103, { NEARHUB_STORAGE_ADDR: `${HOST}:${storage.grpcPort}` });
     const audit = await plan("audit", 7104, 9104);

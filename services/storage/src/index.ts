@@ -11,4 +11,4 @@ export { UploadSessions, DEFAULT_CHUNK, MIN_CHUNK } from "./upload-sessions.js";
 export { downloadBlob, hashFile, uploadFile, PIECE } from "./transfer-client.js";
 export type { DownloadOptions, StorageClient, UploadOptions, UploadResult } from "./transfer-client.js";
 export { Maintenance } from "./maintenance.js";
-export { tuneHeapForStreaming } from "./heap-tuning.js";
+export { STREAMING_MALLOC_TUNABLES, streamingMallocEnv, tuneHeapForStreaming } from "./heap-tuning.js";
