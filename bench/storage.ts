@@ -33,8 +33,18 @@ import {
   uploadFile,
   type StorageClient,
 } from "@nearhub/storage";
-import { adminAuth, deleteNamespace, eventually, nats, serviceEnv, tempDir, uniqueNamespace } from "@nearhub/testing";
-import { Client } from "minio";
+import {
+  adminAuth,
+  deleteNamespace,
+  eventually,
+  nats,
+  s3Client,
+  serviceEnv,
+  tempDir,
+  uniqueNamespace,
+  type S3Access,
+} from "@nearhub/testing";
+import type { Client } from "minio";
 import { BenchChild } from "./bench-child.js";
 import type { EchoMessage } from "./storage-echo.js";
 import type { S3ServerMessage } from "./s3-server.js";
@@ -178,29 +188,16 @@ async function rate(op: (i: number) => Promise<void>): Promise<{ opsPerSec: numb
 }
 
 /** The S3 server, in a process of its own (bench/s3-server.ts). */
-async function s3ServerProcess(): Promise<{
-  endpoint: string;
-  accessKey: string;
-  secretKey: string;
-  region: string;
-  createBucket(): Promise<string>;
-  stop(): Promise<void>;
-}> {
+async function s3ServerProcess(): Promise<
+  S3Access & { admin: Client; createBucket(): Promise<string>; stop(): Promise<void> }
+> {
   const child = await BenchChild.fork<{ type: "stop" }, S3ServerMessage>("the S3 server", "s3-server.ts", {});
   const ready = child.first;
   if (ready.type !== "ready") throw new Error("the S3 server did not start");
-  const url = new URL(ready.endpoint);
-  const admin = new Client({
-    endPoint: url.hostname,
-    port: Number(url.port || (url.protocol === "https:" ? 443 : 80)),
-    useSSL: url.protocol === "https:",
-    accessKey: ready.accessKey,
-    secretKey: ready.secretKey,
-    region: ready.region,
-    pathStyle: true,
-  });
+  const admin = await s3Client(ready);
   return {
     ...ready,
+    admin,
     async createBucket() {
       const name = `nearhub-bench-${randomBytes(5).toString("hex")}`;
       await admin.makeBucket(name, ready.region);
@@ -414,16 +411,7 @@ export async function main(): Promise<void> {
       maxMessageBytes: 16 * MiB,
       timeoutMs: 600_000,
     });
-    const url = new URL(s3server.endpoint);
-    const minio = new Client({
-      endPoint: url.hostname,
-      port: Number(url.port),
-      useSSL: false,
-      accessKey: s3server.accessKey,
-      secretKey: s3server.secretKey,
-      region: s3server.region,
-      pathStyle: true,
-    });
+    const minio = s3server.admin;
     // Direct: the same multipart shape (part size, parallelism) straight from the minio client.
     const directKey = "direct/blob.bin";
     const direct = async () => {

@@ -12,6 +12,7 @@ import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import type { Client as MinioClient } from "minio";
 
 /** A unique namespace for streams, buckets and subjects on the shared NATS server. */
 export function uniqueNamespace(prefix = "t"): string {
@@ -106,39 +107,54 @@ export async function startNatsServer(): Promise<NatsHandle> {
   };
 }
 
-/** An S3 endpoint for the suite. */
-export interface S3Handle {
+/** Where an S3 server is and the credentials for it. */
+export interface S3Access {
   endpoint: string;
   accessKey: string;
   secretKey: string;
   region: string;
+}
+
+/** An S3 endpoint for the suite. */
+export interface S3Handle extends S3Access {
+  /** A minio client with the handle's credentials, path-style, for setting up and checking. */
+  admin: MinioClient;
   /** Creates a uniquely named bucket and returns its name. */
   createBucket(): Promise<string>;
   stop(): Promise<void>;
 }
 
+/** A minio client for `access` (path-style; TLS when the endpoint is https). */
+export async function s3Client(access: S3Access): Promise<MinioClient> {
+  const { Client } = await import("minio");
+  const url = new URL(access.endpoint);
+  return new Client({
+    endPoint: url.hostname,
+    port: Number(url.port || (url.protocol === "https:" ? 443 : 80)),
+    useSSL: url.protocol === "https:",
+    accessKey: access.accessKey,
+    secretKey: access.secretKey,
+    pathStyle: true,
+    region: access.region,
+  });
+}
+
 /** S3 from S3_ENDPOINT, a MinIO container, or s3rver in-process. */
 export async function s3(): Promise<S3Handle> {
-  const { Client } = await import("minio");
-  const make = (endpoint: string, accessKey: string, secretKey: string, stop: () => Promise<void>): S3Handle => {
-    const url = new URL(endpoint);
-    const client = new Client({
-      endPoint: url.hostname,
-      port: Number(url.port || (url.protocol === "https:" ? 443 : 80)),
-      useSSL: url.protocol === "https:",
-      accessKey,
-      secretKey,
-      pathStyle: true,
-      region: "us-east-1",
-    });
+  const make = async (
+    endpoint: string,
+    accessKey: string,
+    secretKey: string,
+    stop: () => Promise<void>,
+  ): Promise<S3Handle> => {
+    const access = { endpoint, accessKey, secretKey, region: "us-east-1" };
+    const admin = await s3Client(access);
     return {
-      endpoint,
-      accessKey,
-      secretKey,
-      region: "us-east-1",
+      ...access,
+      admin,
       async createBucket() {
         const name = `nearhub-${randomBytes(5).toString("hex")}`;
-        await client.makeBucket(name, "us-east-1");
+        await admin.makeBucket(name, access.region);
         return name;
       },
       stop,

@@ -3,6 +3,7 @@ import { statSync } from "node:fs";
 import { appendFile, mkdir, open, readFile, readdir, rename, rm, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { Code, NearhubError } from "@nearhub/platform";
+import { readAll, syncDir, writeAll } from "./file-io.js";
 import { GroupSync } from "./group-sync.js";
 
 /** "NHPK": the first bytes of every record, so a scan recognises where a record starts. */
@@ -116,31 +117,6 @@ function decodeHeader(
   if (kind === TOMBSTONE && size !== 0) return undefined;
   if (HEADER + size > SCAN_WINDOW / 2) return undefined;
   return { kind, size, time: header.readDoubleLE(16), sha256: header.toString("hex", 24, 56) };
-}
-
-/** Writes all of `bytes` at `position`. */
-async function writeAll(file: FileHandle, bytes: Buffer, position: number): Promise<void> {
-  for (let at = 0; at < bytes.byteLength;) {
-    at += (await file.write(bytes, at, bytes.byteLength - at, position + at)).bytesWritten;
-  }
-}
-
-/** Reads up to `length` bytes at `position` into `buffer`; fewer only at the end of the file. */
-async function readAll(file: FileHandle, buffer: Buffer, length: number, position: number): Promise<number> {
-  let read = 0;
-  for (let n = -1; read < length && n !== 0; read += n) {
-    n = (await file.read(buffer, read, length - read, position + read)).bytesRead;
-  }
-  return read;
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const handle = await open(dir, "r");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 /**

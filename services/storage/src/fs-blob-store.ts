@@ -1,18 +1,6 @@
 import { createHash, randomUUID } from "node:crypto";
 import { createReadStream } from "node:fs";
-import {
-  access,
-  constants,
-  link,
-  mkdir,
-  open,
-  opendir,
-  rename,
-  rm,
-  stat,
-  unlink,
-  type FileHandle,
-} from "node:fs/promises";
+import { access, constants, link, mkdir, open, opendir, rename, rm, stat, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { Code, NearhubError } from "@nearhub/platform";
 import { alignedBuffer } from "./aligned-memory.js";
@@ -26,6 +14,7 @@ import {
   type ChunkPart,
   type ChunkedHandle,
 } from "./blob-store.js";
+import { readAll, syncDir, writeAll } from "./file-io.js";
 import { GroupSync } from "./group-sync.js";
 import { HotBlobs } from "./hot-blobs.js";
 
@@ -49,13 +38,6 @@ const HOT_CACHE_BYTES = 64 * 1024 * 1024;
 const DIRECT_BLOCK = 4096;
 /** Bytes per direct read of GetBlob: whole blocks, and one gRPC message each (under 4 MiB). */
 const DIRECT_READ = 4 * 1024 * 1024 - DIRECT_BLOCK;
-
-/** Writes all of `bytes` from `from` on at file position `position` + `from`. */
-async function writeAll(file: FileHandle, bytes: Uint8Array, from: number, position: number): Promise<void> {
-  for (let at = from; at < bytes.byteLength;) {
-    at += (await file.write(bytes, at, bytes.byteLength - at, position + at)).bytesWritten;
-  }
-}
 
 function uploadGone(cause: unknown): NearhubError {
   return new NearhubError(
@@ -109,14 +91,7 @@ export class FsBlobStore implements BlobStore {
   }
 
   /** Folder fsyncs, shared by the puts that wait on the same folder at the same time. */
-  private readonly dirSyncs = new GroupSync(async (dir) => {
-    const handle = await open(dir, "r");
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-  });
+  private readonly dirSyncs = new GroupSync(syncDir);
 
   /**
    * Makes the verified (already fsynced) file `from` visible as `to` unless `to` exists: a hard
@@ -257,7 +232,7 @@ export class FsBlobStore implements BlobStore {
       throw error;
     }
     try {
-      await writeAll(file, bytes, head, offset);
+      await writeAll(file, bytes, offset, head);
       await file.datasync();
     } finally {
       await file.close();
@@ -287,7 +262,7 @@ export class FsBlobStore implements BlobStore {
       return 0;
     }
     try {
-      await writeAll(file, bytes.subarray(0, length), 0, offset);
+      await writeAll(file, bytes.subarray(0, length), offset);
       return length;
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === "EINVAL") return 0;
@@ -516,9 +491,7 @@ export class FsBlobStore implements BlobStore {
     try {
       try {
         const bytes = parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
-        for (let written = 0; written < size;) {
-          written += (await file.write(bytes, written, size - written, written)).bytesWritten;
-        }
+        await writeAll(file, bytes, 0);
         // Durable before it becomes visible, and before the call answers.
         await file.datasync();
       } catch (error) {
@@ -577,11 +550,9 @@ export class FsBlobStore implements BlobStore {
       // One read instead of a stream: three thread-pool calls rather than four or more.
       const file = await open(this.pathOf(sha256), "r");
       const buffer = Buffer.allocUnsafe(length);
-      let read = 0;
+      let read;
       try {
-        for (let n = -1; read < length && n !== 0; read += n) {
-          n = (await file.read(buffer, read, length - read, offset + read)).bytesRead;
-        }
+        read = await readAll(file, buffer, length, offset);
       } finally {
         await file.close();
       }

@@ -16,7 +16,7 @@ import {
   uniqueNamespace,
   type S3Handle,
 } from "@nearhub/testing";
-import { Client } from "minio";
+import type { Client } from "minio";
 import { storageEnv } from "./config.js";
 import { S3BlobStore, type S3BlobStoreOptions } from "./s3-blob-store.js";
 import { startStorage } from "./service.js";
@@ -68,15 +68,7 @@ describe("S3BlobStore against a real S3 protocol server", () => {
   before(async () => {
     multipart = Boolean(process.env["S3_ENDPOINT"]) || (await dockerAvailable());
     server = await s3();
-    const url = new URL(server.endpoint);
-    admin = new Client({
-      endPoint: url.hostname,
-      port: Number(url.port || (url.protocol === "https:" ? 443 : 80)),
-      useSSL: url.protocol === "https:",
-      accessKey: server.accessKey,
-      secretKey: server.secretKey,
-      region: server.region,
-    });
+    admin = server.admin;
   });
 
   after(async () => {

@@ -8,7 +8,6 @@ import { Code, NearhubError, createClient, parseEnv, type Client, type ServiceHo
 import { RefKind, RegistryService, RepoKind } from "@nearhub/proto/registry";
 import { StorageService } from "@nearhub/proto/storage";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { Client as MinioClient } from "minio";
 import { connect } from "@nats-io/transport-node";
 import {
   adminAuth,
@@ -796,17 +795,7 @@ for (const backend of backends) {
           await file.close();
         }
       } else {
-        const url = new URL(s3h!.endpoint);
-        const admin = new MinioClient({
-          endPoint: url.hostname,
-          port: Number(url.port),
-          useSSL: false,
-          accessKey: s3h!.accessKey,
-          secretKey: s3h!.secretKey,
-          region: s3h!.region,
-          pathStyle: true,
-        });
-        await admin.putObject(env["NEARHUB_S3_BUCKET"]!, key, evil, evil.length);
+        await s3h!.admin.putObject(env["NEARHUB_S3_BUCKET"]!, key, evil, evil.length);
       }
       await sleep(1200);
       const gc = await startStorage(

@@ -5,6 +5,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Code, NearhubError, type Client } from "@nearhub/platform";
 import type { StorageService } from "@nearhub/proto/storage";
 import { alignedBuffer } from "./aligned-memory.js";
+import { writeAll } from "./file-io.js";
 import { MIN_CHUNK } from "./upload-sessions.js";
 
 /** The storage gRPC client. */
@@ -381,12 +382,6 @@ class RangeWriter {
   /** The range is complete: writes what is still staged. */
   async end(): Promise<void> {
     if (this.staged > 0) await this.flush(true);
-  }
-}
-
-async function writeAll(file: FileHandle, bytes: Uint8Array, position: number): Promise<void> {
-  for (let at = 0; at < bytes.byteLength;) {
-    at += (await file.write(bytes, at, bytes.byteLength - at, position + at)).bytesWritten;
   }
 }
 
