@@ -212,10 +212,22 @@ describe("storage: resumable upload survives kill -9 of the storage process (CLI
       chunksSent: number;
       chunksResumed: number;
       skippedFiles: number;
+      uploadedBytes: number;
+      resumedBytes: number;
     };
     assert.equal(stored, receivedBeforeKill, "exactly the chunks acknowledged before the kill survived it");
     assert.equal(result.chunksResumed, stored, "every chunk stored before the kill was reused");
     assert.equal(result.chunksSent, CHUNKS - stored, "only the missing chunks were sent");
+    assert.equal(
+      result.resumedBytes,
+      stored * CHUNK_MIB * 1024 * 1024,
+      "the resumed chunks' bytes were not sent again",
+    );
+    assert.equal(
+      result.uploadedBytes + result.resumedBytes,
+      SIZE_MIB * 1024 * 1024,
+      "uploaded counts only what this run sent",
+    );
     assert.match(result.commit, /^[0-9a-f]{40}$/);
     t.diagnostic(
       `${SIZE_MIB} MiB in ${CHUNKS} chunks of ${CHUNK_MIB} MiB: ${stored} stored before the kill survived it; the rerun resumed ${result.chunksResumed} and sent ${result.chunksSent}; sha256 ${sha}`,
@@ -257,7 +269,11 @@ describe("storage: resumable upload survives kill -9 of the storage process (CLI
     const first = JSON.parse(up.stdout) as { files: number; skippedFiles: number; commit: string };
     assert.deepEqual([first.files, first.skippedFiles], [2, 0]);
     const again = await cli(["upload", "datasets/acme/tiny", folder, "--json"], cliEnv).done;
-    assert.equal((JSON.parse(again.stdout) as { skippedFiles: number }).skippedFiles, 2);
+    const second = JSON.parse(again.stdout) as { skippedFiles: number; commit: string; committed: boolean };
+    assert.equal(second.skippedFiles, 2);
+    // Nothing changed: no empty commit, the branch stays at the first one.
+    assert.equal(second.committed, false);
+    assert.equal(second.commit, first.commit);
 
     const registry = createClient(RegistryService, `127.0.0.1:${port}`, { metadata: adminAuth(ns) });
     try {

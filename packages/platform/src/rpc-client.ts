@@ -302,7 +302,9 @@ function toClientError(error: unknown, fullMethod: string, address: string): Nea
   if (error instanceof NearhubError) return error;
   const e = NearhubError.from(error);
   if (e.code === Code.Unavailable) {
-    return new NearhubError(Code.Unavailable, `${fullMethod} at ${address} is unavailable: ${e.rawMessage}`, {
+    // grpc-js ends a failed connection's text with "Resolution note: " and, often, nothing after it.
+    const detail = e.rawMessage.replace(/\.?\s*Resolution note:\s*$/, "");
+    return new NearhubError(Code.Unavailable, `${fullMethod} at ${address} is unavailable: ${detail}`, {
       cause: error,
     });
   }

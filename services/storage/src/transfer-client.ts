@@ -66,7 +66,10 @@ async function withRetry<T>(
     }
   }
   const e = NearhubError.from(lastError);
-  throw new NearhubError(e.code, `${what}: ${e.rawMessage}`, { cause: lastError });
+  // Gave up on a failure that may pass (the server restarted, the link dropped): what is stored
+  // stays stored, and the same command continues from there.
+  const hint = RETRYABLE.has(e.code) ? "; run the same command again to continue where it stopped" : "";
+  throw new NearhubError(e.code, `${what}: ${e.rawMessage}${hint}`, { cause: lastError });
 }
 
 /** Options of {@link uploadFile}. */
@@ -96,6 +99,8 @@ export interface UploadResult {
   chunksSent: number;
   /** Chunks the server already had (a resumed upload). */
   chunksSkipped: number;
+  /** Their bytes: what this upload did not have to send. */
+  bytesSkipped: number;
 }
 
 /**
@@ -130,22 +135,28 @@ export async function uploadFile(
       ),
     );
     options.onProgress?.(size);
-    return { sha256, size, created: response.created, chunksSent: 1, chunksSkipped: 0 };
+    return { sha256, size, created: response.created, chunksSent: 1, chunksSkipped: 0, bytesSkipped: 0 };
   }
   const start = await withRetry(`starting the upload of ${path}`, attempts, signal, () =>
     client.startUpload({ sha256, size: BigInt(size), chunkSize: BigInt(options.chunkSize ?? 0) }),
   );
   if (start.alreadyStored || !start.session) {
     options.onProgress?.(size);
-    return { sha256, size, created: false, chunksSent: 0, chunksSkipped: 0 };
+    return { sha256, size, created: false, chunksSent: 0, chunksSkipped: 0, bytesSkipped: size };
   }
   const session = start.session;
   const chunkSize = Number(session.chunkSize);
   const have = new Set(session.received);
   const todo: number[] = [];
+  let bytesSkipped = 0;
   for (let i = 0; i < session.chunkCount; i++) {
-    if (have.has(i)) options.onProgress?.(Math.min(chunkSize, size - i * chunkSize));
-    else todo.push(i);
+    if (!have.has(i)) {
+      todo.push(i);
+      continue;
+    }
+    const length = Math.min(chunkSize, size - i * chunkSize);
+    bytesSkipped += length;
+    options.onProgress?.(length);
   }
   const file = await open(path, "r");
   let sent = 0;
@@ -215,6 +226,7 @@ export async function uploadFile(
     created: done.created,
     chunksSent: sent,
     chunksSkipped: session.chunkCount - todo.length,
+    bytesSkipped,
   };
 }
 

@@ -121,6 +121,7 @@ export const uploadCommand: Command = {
       const toSend = missing.reduce((a, f) => a + f.size, 0);
       const uploading = new Progress("uploading", toSend, process.stderr, quiet);
       let resumedChunks = 0;
+      let resumedBytes = 0;
       let sentChunks = 0;
       const small = missing.filter((f) => f.size < chunkSize);
       const large = missing.filter((f) => f.size >= chunkSize);
@@ -134,6 +135,7 @@ export const uploadCommand: Command = {
           onProgress: (n) => uploading.add(n),
         });
         resumedChunks += r.chunksSkipped;
+        resumedBytes += r.bytesSkipped;
         sentChunks += r.chunksSent;
       }
       const queue = [...small];
@@ -148,6 +150,7 @@ export const uploadCommand: Command = {
               onProgress: (n) => uploading.add(n),
             });
             sentChunks += r.chunksSent;
+            resumedBytes += r.bytesSkipped;
           }
         }),
       );
@@ -167,6 +170,9 @@ export const uploadCommand: Command = {
       } catch (error) {
         if (!(error instanceof NearhubError && error.code === Code.NotFound)) throw error;
       }
+      // Like huggingface_hub, no empty commit: when every file is already there at the same path
+      // with the same bytes, the branch stays where it is.
+      const unchanged = parent !== "" && files.every((f) => entries.get(f.repoPath)?.sha256 === f.sha256);
       for (const f of files) {
         entries.set(f.repoPath, {
           path: f.repoPath,
@@ -179,12 +185,19 @@ export const uploadCommand: Command = {
       const message = values.message ?? values["revision-message"] ?? `Upload ${files.length} file(s) with nearhub`;
       let published;
       try {
-        published = await clients.registry.putRevision({
-          repo,
-          revision: { parent, message, author: values.author ?? ctx.env["USER"] ?? "", entries: [...entries.values()] },
-          branch,
-          expectedCommit: parent,
-        });
+        published = unchanged
+          ? { revision: { commit: parent } }
+          : await clients.registry.putRevision({
+              repo,
+              revision: {
+                parent,
+                message,
+                author: values.author ?? ctx.env["USER"] ?? "",
+                entries: [...entries.values()],
+              },
+              branch,
+              expectedCommit: parent,
+            });
       } catch (error) {
         if (error instanceof NearhubError && error.code === Code.Aborted) {
           throw new NearhubError(
@@ -198,9 +211,13 @@ export const uploadCommand: Command = {
         repo: repo.id,
         branch,
         commit: published.revision?.commit ?? "",
+        // False when nothing changed and no commit was made.
+        committed: !unchanged,
         files: files.length,
         skippedFiles: files.length - missing.length,
-        uploadedBytes: toSend,
+        // Sent by this run: a resumed upload's chunks already stored are not counted.
+        uploadedBytes: toSend - resumedBytes,
+        resumedBytes,
         chunksSent: sentChunks,
         chunksResumed: resumedChunks,
         seconds: Number(timing.seconds.toFixed(3)),
@@ -208,7 +225,7 @@ export const uploadCommand: Command = {
       };
       print(Boolean(values.json), result, () =>
         [
-          `${result.commit} ${repo.id}@${branch}: ${files.length} file(s), ${files.length - missing.length} already stored, ${formatBytes(toSend)} uploaded${resumedChunks > 0 ? ` (${resumedChunks} chunk(s) resumed)` : ""} at ${formatBytes(timing.bytesPerSecond)}/s`,
+          `${result.commit} ${repo.id}@${branch}${unchanged ? " (no changes, no new commit)" : ""}: ${files.length} file(s), ${files.length - missing.length} already stored, ${formatBytes(result.uploadedBytes)} uploaded${resumedChunks > 0 ? ` (${resumedChunks} chunk(s), ${formatBytes(resumedBytes)}, resumed)` : ""} at ${formatBytes(timing.seconds > 0 ? result.uploadedBytes / timing.seconds : 0)}/s`,
         ].join("\n"),
       );
       return 0;
